@@ -1,0 +1,52 @@
+"""`dupmae <verb> ...`: one entry point, one small driver module per verb.
+
+Logging is configured here (never at import time). Each verb's module owns its
+own argument parser and exposes `main(argv) -> int`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+VERBS = {
+    "prepare": ("dupmae.data.prepare", "tokenize a corpus into a memory-mapped pre-training dataset"),
+    "pretrain": ("dupmae.training.pretrain", "DupMAE / RetroMAE / BoW-only / MLM pre-training"),
+    "export": ("dupmae.training.export", "export the encoder + MLM head of a checkpoint as a Hugging Face folder"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: dupmae <verb> [options]   (dupmae <verb> --help for details)", "", "verbs:"]
+    lines += [f"  {name:<10} {help_text}" for name, (_, help_text) in VERBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print(_usage())
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb in {"-V", "--version"}:
+        from dupmae import __version__
+
+        print(__version__)
+        return 0
+    if verb not in VERBS:
+        print(f"dupmae: unknown verb {verb!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    module = importlib.import_module(VERBS[verb][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
