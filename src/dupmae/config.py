@@ -1,0 +1,119 @@
+"""Dataclass configurations with help text and validation.
+
+`PretrainingOptions` holds every choice of DUPMAE.md §1, with the stated
+defaults (the released code's where paper and code differ). It is saved with
+every checkpoint (`dupmae_pretraining.json`) so a resumed or exported run can
+never disagree with the one that produced it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OBJECTIVES = ("dupmae", "retromae", "bow_only", "mlm")
+
+
+def _choice(default: str, choices: tuple[str, ...], help_text: str):
+    return field(default=default, metadata={"help": help_text, "choices": list(choices)})
+
+
+def _option(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class PretrainingOptions:
+    """The DupMAE objective: which losses, how inputs are masked, how the BoW target is pooled and weighted."""
+
+    objective: str = _choice(
+        "dupmae", OBJECTIVES,
+        "dupmae = encoder MLM + [CLS] decoding + BoW; retromae = no BoW; bow_only = no decoder; mlm = plain MLM.",
+    )
+    encoder_mask_ratio: float = _option(0.30, "Share of ordinary tokens masked (whole words) in the encoder input.")
+    decoder_mask_ratio: float = _option(0.50, "Share of ordinary tokens each decoder row may not see (whole words).")
+    mask_token_prob: float = _option(0.8, "Of the encoder-masked tokens: share replaced by the mask token (BERT 80/10/10).")
+    random_token_prob: float = _option(0.1, "Of the encoder-masked tokens: share replaced by a random token; the rest stay.")
+    decoder_mask_pool_size: int = _option(
+        256, "Decoder masks drawn per sequence; each row picks one at random (released code: min(L, 256)).",
+    )
+    decoder_query: str = _choice(
+        "embedding", ("embedding", "plain"),
+        "Decoder query stream: 'embedding' = Emb(inputs_embeds=h) = LayerNorm(h + p_i + type_0) (released code); "
+        "'plain' = h + p_i (paper).",
+    )
+    bow_pool_exclude_special: bool = _option(
+        False, "Exclude special tokens ([SEP], inner separators) from the BoW max-pool (released code: included).",
+    )
+    bow_pool_exclude_masked: bool = _option(
+        False, "Exclude encoder-masked positions from the BoW max-pool (paper: excluded; released code: included).",
+    )
+    bow_loss_reduction: str = _choice(
+        "per_token", ("per_token", "sum"),
+        "BoW weight per distinct target token: 'per_token' = 1/n ordinary tokens (released code); 'sum' = 1 (paper).",
+    )
+    bow_loss_weight: float = _option(0.1, "Multiplier of the BoW loss in the total (released code 0.1; paper 1).")
+
+    def __post_init__(self) -> None:
+        for name in ("encoder_mask_ratio", "decoder_mask_ratio", "mask_token_prob", "random_token_prob"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.mask_token_prob + self.random_token_prob > 1.0:
+            raise ValueError("mask_token_prob + random_token_prob must not exceed 1")
+        if not 0.0 < self.encoder_mask_ratio:
+            raise ValueError("encoder_mask_ratio must be > 0: the encoder MLM loss needs masked tokens")
+        if self.decoder_mask_pool_size < 1:
+            raise ValueError("decoder_mask_pool_size must be >= 1")
+        if self.bow_loss_weight < 0:
+            raise ValueError("bow_loss_weight must be >= 0")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"{f.name} must be one of {choices}, got {getattr(self, f.name)!r}")
+
+    @property
+    def uses_decoder(self) -> bool:
+        return self.objective in ("dupmae", "retromae")
+
+    @property
+    def uses_bow(self) -> bool:
+        return self.objective in ("dupmae", "bow_only")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "PretrainingOptions":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown pre-training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PretrainingOptions":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (.yaml/.yml) or JSON config file into a flat dict of setting name -> value."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of setting -> value")
+    return values

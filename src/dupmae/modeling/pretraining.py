@@ -1,0 +1,262 @@
+"""DupMAE pre-training model: encoder MLM + [CLS] decoding + bag-of-words losses (DUPMAE.md §1).
+
+The model returns *sums and counts* of every loss term rather than means, so
+that the trainer can normalise by counts gathered across all processes: with
+DDP the gradient then equals the gradient of a single process on the whole
+global batch (tested with 2 gloo processes).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
+
+from dupmae.config import PretrainingOptions
+from dupmae.modeling.decoder import EnhancedDecoderLayer
+from dupmae.modeling.heads import embedding_module, mlm_head_name
+
+OPTIONS_FILE = "dupmae_pretraining.json"
+WEIGHTS_FILE = "model.safetensors"  # the name the HF Trainer looks for when resuming
+TERMS = ("encoder_mlm", "decoder", "bow")
+
+
+@dataclass
+class PretrainingOutput:
+    """Per-batch sums and counts (all scalar tensors); `*_sum` carry gradients, counts do not.
+
+    encoder_mlm: cross-entropy summed over encoder-masked tokens, count = masked tokens.
+    decoder: cross-entropy summed over reconstructed ordinary tokens, count = those tokens.
+    bow: per-sequence BoW loss summed over sequences, count = sequences.
+    *_correct: arg-max hits, for the MLM accuracies.
+    """
+
+    encoder_mlm_sum: torch.Tensor
+    encoder_mlm_count: torch.Tensor
+    encoder_mlm_correct: torch.Tensor
+    decoder_sum: torch.Tensor
+    decoder_count: torch.Tensor
+    decoder_correct: torch.Tensor
+    bow_sum: torch.Tensor
+    bow_count: torch.Tensor
+
+
+def bow_loss_per_sequence(
+    pooled_logits: torch.Tensor, original_input_ids: torch.Tensor, ordinary_mask: torch.Tensor, reduction: str
+) -> torch.Tensor:
+    """Bag-of-words loss of each sequence.
+
+    `-(sum over distinct ordinary tokens t of the original input: w * log softmax(mu)[t])`, with
+    `w = 1 / (number of ordinary tokens, repeats counted)` for reduction 'per_token' (released code)
+    or `w = 1` for 'sum' (paper).
+
+    Args:
+        pooled_logits: `[B, V]` the max-pooled vocabulary logits `mu`.
+        original_input_ids: `[B, L]` unmasked input ids.
+        ordinary_mask: `[B, L]` bool, True at ordinary tokens.
+    Returns:
+        `[B]` loss per sequence.
+    """
+    log_probs = F.log_softmax(pooled_logits.float(), dim=-1)  # [B, V]
+    target = torch.zeros_like(log_probs).scatter_reduce_(
+        1, original_input_ids.masked_fill(~ordinary_mask, 0), ordinary_mask.float(), reduce="amax"
+    )  # [B, V] multi-hot of the distinct ordinary tokens
+    loss = -(target * log_probs).sum(dim=-1)  # [B]
+    if reduction == "per_token":
+        loss = loss / ordinary_mask.sum(dim=1).clamp(min=1)
+    return loss
+
+
+def bow_pool(token_logits: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
+    """Max over the allowed positions: `[B, L, V]`, `[B, L]` bool -> `[B, V]`."""
+    return token_logits.masked_fill(~pool_mask[:, :, None], float("-inf")).max(dim=1).values
+
+
+class DupMAEForPretraining(nn.Module):
+    """An `AutoModelForMaskedLM` encoder plus the DupMAE decoder and losses.
+
+    The MLM head is the encoder's own (shared by the encoder MLM, the decoder and the
+    BoW losses); the decoder is one fresh `EnhancedDecoderLayer`.
+    """
+
+    def __init__(self, encoder: PreTrainedModel, options: PretrainingOptions) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.options = options
+        self._head_name = mlm_head_name(encoder)  # the head stays registered under the encoder only
+        embedding_module(encoder)  # fail early on an unsupported architecture
+        self.decoder = EnhancedDecoderLayer(encoder.config) if options.uses_decoder else None
+
+    @property
+    def head(self) -> nn.Module:
+        return getattr(self.encoder, self._head_name)
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return embedding_module(self.encoder)
+
+    # -- forward ------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        original_input_ids: torch.Tensor,
+        ordinary_mask: torch.Tensor,
+        decoder_attention_mask: torch.Tensor | None = None,
+    ) -> PretrainingOutput:
+        """Shapes as produced by `PretrainingCollator` (B sequences, L positions, V vocabulary)."""
+        options = self.options
+        hidden = self.encoder.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, d]
+        masked = labels != -100  # [B, L]
+        zero = hidden.new_zeros(())
+
+        if options.uses_bow:
+            token_logits = self.head(hidden)  # [B, L, V]: the BoW max-pool needs every position
+            encoder_logits = token_logits[masked]  # [M, V]
+            bow_sum, bow_count = self._bow(token_logits, attention_mask, ordinary_mask, masked, original_input_ids)
+        else:
+            encoder_logits = self.head(hidden[masked])  # [M, V]: only masked positions are scored
+            bow_sum, bow_count = zero, zero
+        encoder_labels = labels[masked]  # [M]
+        encoder_sum = F.cross_entropy(encoder_logits.float(), encoder_labels, reduction="sum")
+        encoder_correct = (encoder_logits.argmax(-1) == encoder_labels).sum()
+
+        if options.uses_decoder:
+            if decoder_attention_mask is None:
+                raise ValueError(f"objective {options.objective!r} needs decoder_attention_mask in the batch")
+            decoder_sum, decoder_count, decoder_correct = self._decode(
+                hidden[:, 0], original_input_ids, ordinary_mask, decoder_attention_mask
+            )
+        else:
+            decoder_sum, decoder_count, decoder_correct = zero, zero, zero
+
+        return PretrainingOutput(
+            encoder_mlm_sum=encoder_sum,
+            encoder_mlm_count=masked.sum(),
+            encoder_mlm_correct=encoder_correct,
+            decoder_sum=decoder_sum,
+            decoder_count=decoder_count,
+            decoder_correct=decoder_correct,
+            bow_sum=bow_sum,
+            bow_count=bow_count,
+        )
+
+    def _bow(self, token_logits, attention_mask, ordinary_mask, masked, original_input_ids):
+        pool_mask = attention_mask.bool().clone()  # [B, L]
+        pool_mask[:, 0] = False  # positions 1..L-1: [CLS] is the dense side's, not the BoW side's
+        if self.options.bow_pool_exclude_special:
+            pool_mask &= ordinary_mask
+        if self.options.bow_pool_exclude_masked:
+            pool_mask &= ~masked
+        has_position = pool_mask.any(dim=1)  # [B]; a sequence with nothing to pool adds no BoW loss
+        pooled = bow_pool(token_logits, pool_mask | ~has_position[:, None])  # [B, V]
+        per_sequence = bow_loss_per_sequence(pooled, original_input_ids, ordinary_mask, self.options.bow_loss_reduction)
+        return (per_sequence * has_position).sum(), has_position.sum()
+
+    def _decode(self, sentence_embedding, original_input_ids, ordinary_mask, decoder_attention_mask):
+        """[CLS] reconstruction: `sentence_embedding` `[B, d]` -> (loss sum, token count, correct count)."""
+        batch, length = original_input_ids.shape
+        embeddings = self.embeddings
+        h = sentence_embedding[:, None, :]  # [B, 1, d]
+        if self.options.decoder_query == "embedding":
+            query = embeddings(inputs_embeds=h.expand(batch, length, h.shape[-1]))  # LayerNorm(h + p_i + type_0)
+        else:
+            offset = getattr(embeddings, "padding_idx", -1) + 1  # RoBERTa counts positions from padding_idx + 1
+            positions = torch.arange(offset, offset + length, device=h.device)
+            query = h + embeddings.position_embeddings(positions)[None]  # h + p_i
+        content = torch.cat([h, embeddings(input_ids=original_input_ids)[:, 1:]], dim=1)  # [B, L, d]
+        decoded = self.decoder(query, content, decoder_attention_mask)  # [B, L, d]
+        logits = self.head(decoded[ordinary_mask])  # [T, V]: every ordinary token is reconstructed
+        targets = original_input_ids[ordinary_mask]  # [T]
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        return loss_sum, ordinary_mask.sum(), (logits.argmax(-1) == targets).sum()
+
+    # -- persistence ----------------------------------------------------------------------------
+    def tie_weights(self) -> None:
+        self.encoder.tie_weights()
+
+    def _deduplicated_state_dict(self) -> tuple[dict[str, torch.Tensor], list[str]]:
+        """State dict with tied tensors stored once (safetensors refuses shared storage)."""
+        kept, dropped, seen = {}, [], set()
+        for name, tensor in self.state_dict().items():
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+            if key in seen:
+                dropped.append(name)
+                continue
+            seen.add(key)
+            kept[name] = tensor.detach().contiguous()
+        return kept, dropped
+
+    @property
+    def _keys_to_ignore_on_save(self) -> list[str]:
+        # Read by the HF Trainer when it reloads a checkpoint: these missing keys are tied, not lost.
+        return self._deduplicated_state_dict()[1]
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the whole pre-training state: weights (encoder, head, decoder), encoder config, options."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state, _ = self._deduplicated_state_dict()
+        safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        self.encoder.config.save_pretrained(directory)
+        self.options.save(directory / OPTIONS_FILE)
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path) -> "DupMAEForPretraining":
+        """Rebuild a model saved by `save_pretrained` (a pre-training output or `checkpoint-N` folder)."""
+        directory = Path(directory)
+        for name in (WEIGHTS_FILE, OPTIONS_FILE, "config.json"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory} is not a dupmae pre-training checkpoint: {name} is missing")
+        encoder = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(directory))
+        model = cls(encoder, PretrainingOptions.load(directory / OPTIONS_FILE))
+        state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE), device="cpu")
+        result = model.load_state_dict(state, strict=False)
+        ignorable = set(model._keys_to_ignore_on_save)
+        if result.unexpected_keys or set(result.missing_keys) - ignorable:
+            raise ValueError(
+                f"checkpoint {directory} does not match its config: missing {sorted(set(result.missing_keys) - ignorable)}, "
+                f"unexpected {sorted(result.unexpected_keys)}"
+            )
+        model.tie_weights()
+        return model
+
+    def options_json(self) -> str:
+        return json.dumps(self.options.to_dict(), sort_keys=True)
+
+
+def combine_losses(output: PretrainingOutput, options: PretrainingOptions, counts: dict[str, torch.Tensor],
+                   scale: float = 1.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss `L_enc + L_dec + bow_loss_weight * L_bow` and its terms, each `sum / count`.
+
+    `counts` are the denominators — the local counts for one process, or counts summed over all
+    processes (then `scale` = world size, so DDP's gradient averaging yields the global mean).
+    Returns (total loss, detached terms for logging: losses and accuracies).
+    """
+    def mean(total, count):
+        return total * scale / count.clamp(min=1)
+
+    terms = {"encoder_mlm": mean(output.encoder_mlm_sum, counts["encoder_mlm"])}
+    loss = terms["encoder_mlm"]
+    if options.uses_decoder:
+        terms["decoder"] = mean(output.decoder_sum, counts["decoder"])
+        loss = loss + terms["decoder"]
+    if options.uses_bow:
+        terms["bow"] = mean(output.bow_sum, counts["bow"])
+        loss = loss + options.bow_loss_weight * terms["bow"]
+    logged = {f"loss_{name}": value.detach() for name, value in terms.items()}
+    logged["acc_encoder_mlm"] = mean(output.encoder_mlm_correct.float(), counts["encoder_mlm"]).detach()
+    if options.uses_decoder:
+        logged["acc_decoder"] = mean(output.decoder_correct.float(), counts["decoder"]).detach()
+    return loss, logged
+
+
+def local_counts(output: PretrainingOutput) -> dict[str, torch.Tensor]:
+    return {name: getattr(output, f"{name}_count").detach().float() for name in TERMS}

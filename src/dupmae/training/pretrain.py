@@ -1,0 +1,212 @@
+"""`dupmae pretrain`: DupMAE (or RetroMAE / BoW-only / MLM) pre-training with the HF Trainer.
+
+Settings come from three dataclasses — `RunArguments` (what to train on), `PretrainingOptions`
+(the objective, DUPMAE.md §1) and transformers' `TrainingArguments` (batch size, lr, bf16,
+save steps, seed, ...) — given as flags, or in a YAML/JSON file (`--config`) that flags override.
+The same command runs under `torchrun --nproc_per_node N` with DDP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    HfArgumentParser,
+    TrainingArguments,
+    set_seed,
+)
+from transformers.trainer_utils import get_last_checkpoint
+
+from dupmae.config import PretrainingOptions, load_config_file
+from dupmae.data.collator import PretrainingCollator
+from dupmae.modeling.pretraining import DupMAEForPretraining
+from dupmae.training.trainer import LOG_FILE, CollatorEpochCallback, JsonlLogCallback, PretrainingTrainer
+
+logger = logging.getLogger(__name__)
+RUN_CONFIG_FILE = "dupmae_run_config.json"
+
+# Our defaults for TrainingArguments fields (the released code's recipe where it applies);
+# a config file or a flag overrides them.
+TRAINING_DEFAULTS = {
+    "learning_rate": 1e-4,
+    "weight_decay": 0.01,
+    "warmup_steps": 0.1,  # a float < 1 is a ratio of the total steps
+    "per_device_train_batch_size": 32,
+    "logging_steps": 10,
+    "save_steps": 500,
+    "save_total_limit": 3,
+    "report_to": "tensorboard",
+    "remove_unused_columns": False,  # the collator needs word_ids and example_id
+    "average_tokens_across_devices": False,  # we normalise across devices ourselves (see trainer.py)
+    "ddp_find_unused_parameters": False,
+}
+
+
+@dataclass
+class RunArguments:
+    """What to pre-train, on what."""
+
+    data: str | None = field(default=None, metadata={"help": "Folder written by `dupmae prepare` (required)."})
+    model: str | None = field(
+        default=None,
+        metadata={"help": "Local Hugging Face masked-LM checkpoint or encoder folder to start from. An encoder "
+                          "without an MLM head gets one tied to its word embeddings."},
+    )
+    model_config: str | None = field(
+        default=None, metadata={"help": "config.json of a model to train from scratch (needs --tokenizer)."}
+    )
+    tokenizer: str | None = field(default=None, metadata={"help": "Tokenizer folder (default: --model)."})
+    resume: bool = field(
+        default=False, metadata={"help": "Continue from the last checkpoint in --output (weights, decoder, "
+                                         "optimizer, scheduler, RNG and data position)."}
+    )
+    pad_to_multiple_of: int = field(default=8, metadata={"help": "Pad batch length to a multiple of this."})
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            raise ValueError("--data is required: a folder written by `dupmae prepare`")
+        if bool(self.model) == bool(self.model_config):
+            raise ValueError("give exactly one of --model (start from a checkpoint) or --model-config (from scratch)")
+        if self.model_config and not self.tokenizer:
+            raise ValueError("--model-config needs --tokenizer")
+        for name in ("data", "model", "model_config", "tokenizer"):
+            value = getattr(self, name)
+            if value and not Path(value).exists():
+                raise FileNotFoundError(f"--{name.replace('_', '-')}: {value} does not exist")
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((RunArguments, PretrainingOptions, TrainingArguments), prog="dupmae pretrain")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
+    parser.set_defaults(**TRAINING_DEFAULTS)
+    return parser
+
+
+def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, TrainingArguments]:
+    """Flags > config file > our defaults > library defaults."""
+    parser = build_parser()
+    argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        values = load_config_file(known.config)
+        names = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown setting(s) {unknown}")
+        parser.set_defaults(**values)
+    run_args, options, training_args, *_ = parser.parse_args_into_dataclasses(argv)  # last: the --config namespace
+    if not training_args.output_dir:
+        raise ValueError("--output is required")
+    return run_args, options, training_args
+
+
+def load_encoder(run_args: RunArguments, tokenizer):
+    if run_args.model:
+        encoder = AutoModelForMaskedLM.from_pretrained(run_args.model)
+    else:
+        values = json.loads(Path(run_args.model_config).read_text())
+        if "model_type" not in values:
+            raise ValueError(f"{run_args.model_config}: a config needs 'model_type' (e.g. \"bert\")")
+        encoder = AutoModelForMaskedLM.from_config(AutoConfig.for_model(**values))
+    if encoder.config.vocab_size < len(tokenizer):
+        raise ValueError(f"model vocab_size {encoder.config.vocab_size} < tokenizer size {len(tokenizer)}")
+    return encoder
+
+
+def check_data(manifest: dict, tokenizer, encoder) -> None:
+    from dupmae.data.prepare import vocab_fingerprint
+
+    expected = manifest.get("tokenizer", {}).get("vocab_sha256")
+    if expected and expected != vocab_fingerprint(tokenizer):
+        raise ValueError(
+            "the data was tokenized with a different vocabulary than this model's tokenizer "
+            f"({manifest['tokenizer'].get('path')}); run `dupmae prepare` with --tokenizer matching the model"
+        )
+    max_positions = getattr(encoder.config, "max_position_embeddings", None)
+    if max_positions and manifest.get("max_length", 0) > max_positions:
+        raise ValueError(f"data max_length {manifest['max_length']} exceeds the model's {max_positions} positions")
+
+
+def resume_checkpoint(output_dir: str) -> str:
+    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
+    # Drop log records written after the checkpoint, so the log reads as one uninterrupted run.
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    log_path = Path(output_dir) / LOG_FILE
+    if log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    return checkpoint
+
+
+def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args: TrainingArguments, callbacks=()):
+    """Run pre-training; returns the trainer (its state holds the log history)."""
+    from dupmae.data.prepare import load_prepared
+
+    output_dir = Path(training_args.output_dir)
+    checkpoint = resume_checkpoint(str(output_dir)) if run_args.resume else None
+    if not run_args.resume and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, or a new --output")
+
+    set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
+    tokenizer = AutoTokenizer.from_pretrained(run_args.tokenizer or run_args.model)
+    if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
+        raise ValueError("the tokenizer needs a mask token and a pad token for masked-LM pre-training")
+    dataset, manifest = load_prepared(run_args.data)
+    encoder = load_encoder(run_args, tokenizer)
+    check_data(manifest, tokenizer, encoder)
+    model = DupMAEForPretraining(encoder, options)
+
+    collator = PretrainingCollator(
+        options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),
+        seed=training_args.seed, pad_to_multiple_of=run_args.pad_to_multiple_of,
+    )
+    trainer = PretrainingTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
+    )
+    global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
+                    * training_args.world_size)
+    logger.info(
+        "objective=%s sequences=%d global batch=%d (per device %d x accumulation %d x %d processes) max_steps=%s",
+        options.objective, len(dataset), global_batch, training_args.per_device_train_batch_size,
+        training_args.gradient_accumulation_steps, training_args.world_size, training_args.max_steps,
+    )
+    if training_args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {"run": dataclasses.asdict(run_args), "pretraining": options.to_dict(),
+                    "training": json.loads(training_args.to_json_string()), "data_manifest": manifest}
+        (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(output_dir))
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    try:
+        run_args, options, training_args = parse_arguments(argv)
+        trainer = pretrain(run_args, options, training_args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"dupmae pretrain: error: {error}", file=sys.stderr)
+        return 2
+    if trainer.args.should_save:
+        last = [r for r in trainer.state.log_history if "loss_encoder_mlm" in r]
+        if last:
+            terms = {k: v for k, v in last[-1].items() if k.startswith(("loss_", "acc_"))}
+            print(f"final step {trainer.state.global_step}: " + "  ".join(f"{k}={v:.4f}" for k, v in terms.items()))
+        print(f"saved pre-training state to {trainer.args.output_dir}; export the encoder with "
+              f"`dupmae export {trainer.args.output_dir} OUT`")
+    return 0

@@ -1,0 +1,88 @@
+"""The HF `Trainer`, taught the DupMAE losses through public hooks only.
+
+- `compute_loss`: normalises each loss term by its count summed over all processes, so the DDP
+  gradient equals a single process's gradient on the whole global batch.
+- `log`: adds every loss term, the MLM accuracies and tokens/s to the logs (console,
+  TensorBoard and `train_log.jsonl`).
+- `save_model`: writes the whole pre-training state (encoder, head, decoder, options) in safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from dupmae.modeling.pretraining import TERMS, combine_losses, local_counts
+from dupmae.training.distributed import all_reduce_sum, world_size
+
+LOG_FILE = "train_log.jsonl"
+
+
+class PretrainingTrainer(Trainer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._logged_totals: dict[str, torch.Tensor] = {}
+        self._logged_batches = 0
+        self._tokens_since_log = 0
+        self._last_log_time = time.perf_counter()
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        output = model(**inputs)
+        counts = local_counts(output)
+        if world_size() > 1:
+            summed = all_reduce_sum(torch.stack([counts[name] for name in TERMS]))
+            counts = dict(zip(TERMS, summed))
+        options = self.accelerator.unwrap_model(model).options
+        loss, logged = combine_losses(output, options, counts, scale=float(world_size()))
+        if model.training:
+            for name, value in logged.items():
+                self._logged_totals[name] = self._logged_totals.get(name, 0.0) + value
+            self._logged_batches += 1
+            self._tokens_since_log += int(inputs["attention_mask"].sum())
+        return (loss, output) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._logged_batches:
+            names = sorted(self._logged_totals)
+            values = torch.stack([torch.as_tensor(self._logged_totals[n], dtype=torch.float32).cpu() for n in names])
+            # Each process holds sum/global_count * world_size; the mean over processes is the global value.
+            values = all_reduce_sum(values.to(self.args.device)).cpu() / (self._logged_batches * world_size())
+            tokens = int(all_reduce_sum(torch.tensor(self._tokens_since_log, device=self.args.device)))
+            elapsed = time.perf_counter() - self._last_log_time
+            logs.update({n: round(float(v), 5) for n, v in zip(names, values)})
+            logs["tokens_per_second"] = round(tokens / max(elapsed, 1e-9), 1)
+            self._logged_totals, self._logged_batches, self._tokens_since_log = {}, 0, 0
+            self._last_log_time = time.perf_counter()
+        super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        output_dir = output_dir or self.args.output_dir
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+            if self.processing_class is not None:
+                self.processing_class.save_pretrained(output_dir)
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends every log record (step, epoch, loss terms, accuracies, lr, tokens/s) to `train_log.jsonl`."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, "epoch": state.epoch, **logs}
+        with open(Path(args.output_dir) / LOG_FILE, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+class CollatorEpochCallback(TrainerCallback):
+    """Tells the collator which epoch is starting, so masks differ between epochs but not between runs."""
+
+    def __init__(self, collator) -> None:
+        self.collator = collator
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.collator.epoch = int(state.epoch or 0)
