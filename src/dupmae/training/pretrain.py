@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -86,12 +88,22 @@ class RunArguments:
 def build_parser() -> HfArgumentParser:
     parser = HfArgumentParser((RunArguments, PretrainingOptions, TrainingArguments), prog="dupmae pretrain")
     parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
-    parser.set_defaults(**TRAINING_DEFAULTS)
+    parser.set_defaults(**TRAINING_DEFAULTS, use_cpu=not accelerator_available())
     return parser
 
 
+def accelerator_available() -> bool:
+    """CUDA or Apple MPS. Without one, `use_cpu` must be set or accelerate will not start
+    gloo DDP under torchrun (every process would silently train alone)."""
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
 def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, TrainingArguments]:
-    """Flags > config file > our defaults > library defaults."""
+    """Flags > config file > our defaults > library defaults.
+
+    An unknown flag or an invalid choice exits through argparse (usage + message, status 2);
+    an inconsistent setting raises ValueError.
+    """
     parser = build_parser()
     argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
     known, _ = parser.parse_known_args(argv)
@@ -178,6 +190,9 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
     )
+    if int(os.environ.get("WORLD_SIZE", "1")) != training_args.world_size:
+        raise RuntimeError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but the trainer runs "
+                           f"{training_args.world_size} process(es): distributed set-up failed")
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)
     logger.info(

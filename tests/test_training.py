@@ -1,0 +1,179 @@
+"""Pre-training end to end on a tiny BERT: CLI smoke run, config files, resume, and DDP (2 gloo processes)."""
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, TrainerCallback
+
+from conftest import WORDS
+from dupmae.cli import main as cli
+from dupmae.data.prepare import prepare_corpus
+from dupmae.modeling.pretraining import DupMAEForPretraining
+from dupmae.training.pretrain import parse_arguments, pretrain
+
+TERMS = ("loss_encoder_mlm", "loss_decoder", "loss_bow", "acc_encoder_mlm", "acc_decoder")
+
+
+def write_corpus(path: Path, documents: int = 24, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    lines = [json.dumps({"title": " ".join(rng.choices(WORDS, k=3)), "text": " ".join(rng.choices(WORDS, k=rng.randint(10, 40)))})
+             for _ in range(documents)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def make_model(directory: Path, tokenizer_dir: str, dropout: float) -> str:
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=64,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    BertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, wordpiece_dir):
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus = write_corpus(root / "corpus.jsonl")
+    data = root / "data"
+    manifest = prepare_corpus([str(corpus)], wordpiece_dir, str(data), max_length=32, num_proc=1)
+    return {
+        "root": root, "corpus": str(corpus), "data": str(data), "sequences": manifest["counts"]["sequences"],
+        "model": make_model(root / "model", wordpiece_dir, dropout=0.1),
+        "model_no_dropout": make_model(root / "model0", wordpiece_dir, dropout=0.0),
+    }
+
+
+def read_log(output: Path) -> list[dict]:
+    return [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(str(path / "model.safetensors"))
+
+
+def base_flags(setup, output, model_key="model", steps=4, batch=4):
+    return ["--model", setup[model_key], "--data", setup["data"], "--output", str(output),
+            "--max-steps", str(steps), "--per-device-train-batch-size", str(batch), "--logging-steps", "1",
+            "--save-steps", "2", "--learning-rate", "1e-3", "--warmup-steps", "0", "--seed", "7",
+            "--report-to", "none", "--disable-tqdm", "true"]
+
+
+def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir):
+    data = tmp_path / "data"
+    assert cli(["prepare", "--corpus", setup["corpus"], "--tokenizer", wordpiece_dir, "--max-length", "32",
+                "--output", str(data), "--num-proc", "1"]) == 0
+    output = tmp_path / "run"
+    flags = base_flags(setup, output)
+    flags[flags.index("--data") + 1] = str(data)
+    flags[flags.index("--report-to") + 1] = "tensorboard"
+    assert cli(["pretrain", *flags]) == 0
+
+    records = [r for r in read_log(output) if "loss_encoder_mlm" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for record in records:
+        assert all(name in record for name in TERMS) and record["tokens_per_second"] > 0
+        assert 0 <= record["acc_encoder_mlm"] <= 1 and record["loss_decoder"] > 0
+    assert list(output.glob("runs/**/events.out.tfevents*")), "TensorBoard scalars were not written"
+    assert (output / "checkpoint-2").is_dir() and (output / "dupmae_run_config.json").is_file()
+
+    exported = tmp_path / "exported"
+    assert cli(["export", str(output), str(exported)]) == 0
+    reloaded = AutoModelForMaskedLM.from_pretrained(exported).eval()
+    state = weights(output)
+    tied = {"cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
+            "cls.predictions.decoder.bias": "cls.predictions.bias"}  # stored once in the checkpoint
+    for name, tensor in reloaded.state_dict().items():
+        assert torch.equal(tensor, state[f"encoder.{tied.get(name, name)}"]), name
+    # the exported folder encodes exactly like the pre-training model's encoder
+    pretraining = DupMAEForPretraining.from_checkpoint(output).eval()
+    tokenizer = AutoTokenizer.from_pretrained(exported)
+    batch = tokenizer(["the protein increased in mouse cells"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, pretraining.encoder(**batch).logits)
+    assert cli(["export", str(output), str(exported)]) == 2  # refuses to overwrite silently
+
+
+def test_config_file_and_flag_precedence(setup, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("objective: retromae\nbow_loss_weight: 0.5\nlearning_rate: 0.002\nmax_steps: 9\n")
+    run, options, training = parse_arguments(
+        ["--config", str(config), "--model", setup["model"], "--data", setup["data"], "--output", str(tmp_path / "o"),
+         "--max-steps", "3"])
+    assert options.objective == "retromae" and options.bow_loss_weight == 0.5
+    assert training.learning_rate == 0.002 and training.max_steps == 3  # the flag wins
+    assert training.weight_decay == 0.01 and not training.remove_unused_columns  # our defaults
+    assert options.encoder_mask_ratio == 0.30 and options.decoder_query == "embedding"
+    config.write_text("objectiv: dupmae\n")
+    with pytest.raises(ValueError, match="objectiv"):
+        parse_arguments(["--config", str(config), "--model", setup["model"], "--data", setup["data"], "--output", "x"])
+    with pytest.raises(SystemExit):  # argparse: "invalid choice", status 2
+        parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output", "x", "--objective", "mae"])
+
+
+def test_pretrain_rejects_bad_input(setup, tmp_path, capsys):
+    assert cli(["pretrain", "--model", setup["model"], "--data", str(tmp_path / "nope"), "--output", str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+class StopAt(TrainerCallback):
+    """Simulates an interruption right after step `step` (its checkpoint is written first)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_reaches_the_same_state_as_an_uninterrupted_run(setup, tmp_path):
+    steps_per_epoch = -(-setup["sequences"] // 4)
+    total = steps_per_epoch + 3  # crosses an epoch boundary after the interruption
+    straight = tmp_path / "straight"
+    pretrain(*parse_arguments(base_flags(setup, straight, steps=total)))
+
+    interrupted = tmp_path / "interrupted"
+    flags = base_flags(setup, interrupted, steps=total)
+    pretrain(*parse_arguments(flags), callbacks=[StopAt(4)])
+    assert (interrupted / "checkpoint-4").is_dir() and not (interrupted / f"checkpoint-{total}").exists()
+    pretrain(*parse_arguments([*flags, "--resume"]))
+
+    a, b = weights(straight), weights(interrupted)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name
+    losses = lambda path: [(r["step"], r["loss_encoder_mlm"], r["loss_decoder"], r["loss_bow"])
+                           for r in read_log(path) if "loss_bow" in r]
+    assert losses(straight) == losses(interrupted)
+
+
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    single, double = tmp_path / "single", tmp_path / "double"
+    common = ["--model", setup["model_no_dropout"], "--data", setup["data"], "--max-steps", "3", "--logging-steps", "1",
+              "--save-steps", "100", "--learning-rate", "1e-3", "--warmup-steps", "0", "--seed", "3",
+              "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0"]
+    subprocess.run([sys.executable, "-m", "dupmae.cli", "pretrain", *common, "--output", str(single),
+                    "--per-device-train-batch-size", "4"], check=True, env=env)
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+                    "-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
+                    "--per-device-train-batch-size", "2"], check=True, env=env)
+    one = [r for r in read_log(single) if "loss_bow" in r]
+    two = [r for r in read_log(double) if "loss_bow" in r]
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for name in TERMS + ("loss",):
+            assert a[name] == pytest.approx(b[name], rel=2e-4, abs=1e-5), (a["step"], name)
+    a, b = weights(single), weights(double)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=2e-5), name
