@@ -15,6 +15,7 @@ VERBS = {
     "prepare": ("dupmae.data.prepare", "tokenize a corpus into a memory-mapped pre-training dataset"),
     "pretrain": ("dupmae.training.pretrain", "DupMAE / RetroMAE / BoW-only / MLM pre-training"),
     "export": ("dupmae.training.export", "export the encoder + MLM head of a checkpoint as a Hugging Face folder"),
+    "plot": ("dupmae.evaluation.plots", "plot the loss terms and accuracies of a pre-training run"),
 }
 
 
