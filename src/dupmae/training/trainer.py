@@ -28,9 +28,11 @@ class PretrainingTrainer(Trainer):
         self._logged_totals: dict[str, torch.Tensor] = {}
         self._logged_batches = 0
         self._tokens_since_log = 0
-        self._last_log_time = time.perf_counter()
+        self._last_log_time: float | None = None  # set by the first batch, so start-up is not counted
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self._last_log_time is None:
+            self._last_log_time = time.perf_counter()
         output = model(**inputs)
         counts = local_counts(output)
         if world_size() > 1:
@@ -52,7 +54,7 @@ class PretrainingTrainer(Trainer):
             # Each process holds sum/global_count * world_size; the mean over processes is the global value.
             values = all_reduce_sum(values.to(self.args.device)).cpu() / (self._logged_batches * world_size())
             tokens = int(all_reduce_sum(torch.tensor(self._tokens_since_log, device=self.args.device)))
-            elapsed = time.perf_counter() - self._last_log_time
+            elapsed = time.perf_counter() - (self._last_log_time or time.perf_counter())
             logs.update({n: round(float(v), 5) for n, v in zip(names, values)})
             logs["tokens_per_second"] = round(tokens / max(elapsed, 1e-9), 1)
             self._logged_totals, self._logged_batches, self._tokens_since_log = {}, 0, 0
