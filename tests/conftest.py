@@ -41,7 +41,7 @@ def build_wordpiece_tokenizer(directory: str):
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
     )
     backend.decoder = decoders.WordPiece()
-    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=512)
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=512, do_lower_case=True)
     tokenizer.save_pretrained(directory)
     return tokenizer
 
