@@ -27,10 +27,10 @@ def example_generator(seed: int, epoch: int, example_id: int) -> torch.Generator
 
 
 def _pad(rows: list[torch.Tensor], length: int, value) -> torch.Tensor:
-    """Right-pad 1-d (or 2-d along the last dim) tensors to `length` and stack."""
-    out = torch.full((len(rows), *rows[0].shape[:-1], length), value, dtype=rows[0].dtype)
+    """Right-pad 1-d tensors to `length` and stack: `[len(rows), length]`."""
+    out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
     for i, row in enumerate(rows):
-        out[i, ..., : row.shape[-1]] = row
+        out[i, : row.shape[0]] = row
     return out
 
 

@@ -8,7 +8,6 @@ global batch (tested with 2 gloo processes).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,9 +226,6 @@ class DupMAEForPretraining(nn.Module):
             )
         model.tie_weights()
         return model
-
-    def options_json(self) -> str:
-        return json.dumps(self.options.to_dict(), sort_keys=True)
 
 
 def combine_losses(output: PretrainingOutput, options: PretrainingOptions, counts: dict[str, torch.Tensor],

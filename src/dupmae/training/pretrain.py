@@ -109,7 +109,8 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
     known, _ = parser.parse_known_args(argv)
     if known.config:
         values = load_config_file(known.config)
-        names = {action.dest for action in parser._actions}
+        kinds = (RunArguments, PretrainingOptions, TrainingArguments)
+        names = {f.name for kind in kinds for f in dataclasses.fields(kind)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{known.config}: unknown setting(s) {unknown}")
