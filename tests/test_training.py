@@ -177,3 +177,33 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tm
     a, b = weights(single), weights(double)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=2e-5), name
+
+
+def test_from_scratch_roberta_with_bpe_tokenizer(tmp_path, bpe_dir):
+    """--model-config + --tokenizer: a byte-level BPE RoBERTa trains (no '##' word pieces anywhere)."""
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents=12)
+    data = tmp_path / "data"
+    prepare_corpus([str(corpus)], bpe_dir, str(data), max_length=32, num_proc=1)
+    tokenizer = AutoTokenizer.from_pretrained(bpe_dir)
+    config = tmp_path / "roberta.json"
+    config.write_text(json.dumps({
+        "model_type": "roberta", "vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "intermediate_size": 64, "max_position_embeddings": 40,
+        "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id}))
+    for query in ("embedding", "plain"):
+        output = tmp_path / f"run-{query}"
+        assert cli(["pretrain", "--model-config", str(config), "--tokenizer", bpe_dir, "--data", str(data),
+                    "--output", str(output), "--decoder-query", query, "--max-steps", "2", "--logging-steps", "1",
+                    "--per-device-train-batch-size", "4", "--report-to", "none", "--disable-tqdm", "true"]) == 0
+        records = [r for r in read_log(output) if "loss_decoder" in r]
+        assert len(records) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+        assert json.loads((output / "dupmae_pretraining.json").read_text())["decoder_query"] == query
+
+
+def test_data_from_another_tokenizer_is_refused(setup, tmp_path, bpe_dir, capsys):
+    corpus = write_corpus(tmp_path / "corpus.jsonl", documents=4)
+    data = tmp_path / "bpe-data"
+    prepare_corpus([str(corpus)], bpe_dir, str(data), max_length=32, num_proc=1)
+    assert cli(["pretrain", "--model", setup["model"], "--data", str(data), "--output", str(tmp_path / "o")]) == 2
+    assert "different vocabulary" in capsys.readouterr().err
