@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, TrainerCallback
 
-from conftest import WORDS
+from tiny import WORDS
 from dupmae.cli import main as cli
 from dupmae.data.prepare import prepare_corpus
 from dupmae.modeling.pretraining import DupMAEForPretraining

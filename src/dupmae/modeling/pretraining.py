@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,9 +19,9 @@ from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 from dupmae.config import PretrainingOptions
 from dupmae.modeling.decoder import EnhancedDecoderLayer
 from dupmae.modeling.heads import embedding_module, mlm_head_name
+from dupmae.modeling.persistence import WEIGHTS_FILE, deduplicated_state_dict, load_weights, save_weights
 
 OPTIONS_FILE = "dupmae_pretraining.json"
-WEIGHTS_FILE = "model.safetensors"  # the name the HF Trainer looks for when resuming
 TERMS = ("encoder_mlm", "decoder", "bow")
 
 
@@ -181,29 +180,16 @@ class DupMAEForPretraining(nn.Module):
     def tie_weights(self) -> None:
         self.encoder.tie_weights()
 
-    def _deduplicated_state_dict(self) -> tuple[dict[str, torch.Tensor], list[str]]:
-        """State dict with tied tensors stored once (safetensors refuses shared storage)."""
-        kept, dropped, seen = {}, [], set()
-        for name, tensor in self.state_dict().items():
-            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-            if key in seen:
-                dropped.append(name)
-                continue
-            seen.add(key)
-            kept[name] = tensor.detach().contiguous()
-        return kept, dropped
-
     @property
     def _keys_to_ignore_on_save(self) -> list[str]:
         # Read by the HF Trainer when it reloads a checkpoint: these missing keys are tied, not lost.
-        return self._deduplicated_state_dict()[1]
+        return deduplicated_state_dict(self)[1]
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the whole pre-training state: weights (encoder, head, decoder), encoder config, options."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        state, _ = self._deduplicated_state_dict()
-        safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        save_weights(self, directory)
         self.encoder.config.save_pretrained(directory)
         self.options.save(directory / OPTIONS_FILE)
 
@@ -216,14 +202,7 @@ class DupMAEForPretraining(nn.Module):
                 raise FileNotFoundError(f"{directory} is not a dupmae pre-training checkpoint: {name} is missing")
         encoder = AutoModelForMaskedLM.from_config(AutoConfig.from_pretrained(directory))
         model = cls(encoder, PretrainingOptions.load(directory / OPTIONS_FILE))
-        state = safetensors.torch.load_file(str(directory / WEIGHTS_FILE), device="cpu")
-        result = model.load_state_dict(state, strict=False)
-        ignorable = set(model._keys_to_ignore_on_save)
-        if result.unexpected_keys or set(result.missing_keys) - ignorable:
-            raise ValueError(
-                f"checkpoint {directory} does not match its config: missing {sorted(set(result.missing_keys) - ignorable)}, "
-                f"unexpected {sorted(result.unexpected_keys)}"
-            )
+        load_weights(model, directory)
         model.tie_weights()
         return model
 

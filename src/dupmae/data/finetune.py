@@ -1,0 +1,100 @@
+"""Training groups for contrastive fine-tuning: a query, one positive, `group_size - 1` hard negatives.
+
+Sampling (which positive, which negatives) uses a generator seeded by `(seed, epoch, query index)`,
+so a group does not depend on batch composition, process count or resumption.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dupmae.data.collator import example_generator
+from dupmae.modeling.retriever import document_text
+
+
+def load_negatives(path: str | Path) -> dict[str, list[str]]:
+    """negs.jsonl (`{"query_id", "negatives": [...]}` per line, best first) -> {qid: [doc ids]}."""
+    negatives = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                query_id, docs = str(record["query_id"]), [str(d) for d in record["negatives"]]
+            except (json.JSONDecodeError, KeyError, TypeError) as error:
+                raise ValueError(f"{path}:{number}: expected {{\"query_id\", \"negatives\": [...]}} ({error})") from error
+            if query_id in negatives:
+                raise ValueError(f"{path}:{number}: duplicate query_id {query_id!r}")
+            negatives[query_id] = docs
+    return negatives
+
+
+class QueryDataset(torch.utils.data.Dataset):
+    """Item i is `{"query_index": i}`; the collator looks up texts (keeps the dataset trivially picklable)."""
+
+    def __init__(self, query_ids: list[str]) -> None:
+        self.query_ids = query_ids
+
+    def __len__(self) -> int:
+        return len(self.query_ids)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"query_index": index}
+
+
+@dataclass
+class GroupCollator:
+    """Builds `[B, Lq]` query and `[B * group_size, Lp]` passage batches, positive first in each group.
+
+    Negatives come from `negatives[qid]` (hard negatives, positives already removed); when a query has
+    fewer than needed, the rest are drawn at random from the corpus (never a positive of the query).
+    """
+
+    tokenizer: object
+    query_ids: list[str]
+    queries: dict[str, str]
+    corpus: dict[str, dict]
+    qrels: dict[str, dict[str, int]]
+    negatives: dict[str, list[str]] = field(default_factory=dict)
+    group_size: int = 8
+    query_max_length: int = 64
+    passage_max_length: int = 256
+    seed: int = 42
+    epoch: int = 0
+
+    def __post_init__(self) -> None:
+        self.doc_ids = list(self.corpus)
+
+    def group(self, index: int) -> tuple[str, list[str]]:
+        """(query text, [positive, negative, ...]) for the query at `index`."""
+        query_id = self.query_ids[index]
+        generator = example_generator(self.seed, self.epoch, index)
+        positives = sorted(d for d, relevance in self.qrels[query_id].items() if relevance > 0)
+        chosen = [positives[int(torch.randint(len(positives), (1,), generator=generator))]]
+        pool = [d for d in self.negatives.get(query_id, []) if d in self.corpus and d not in positives]
+        need = self.group_size - 1
+        if pool and need:
+            order = torch.randperm(len(pool), generator=generator)[:need].tolist()
+            chosen += [pool[i] for i in order]
+        while len(chosen) < self.group_size:  # top up with random documents
+            candidate = self.doc_ids[int(torch.randint(len(self.doc_ids), (1,), generator=generator))]
+            if candidate not in positives and candidate not in chosen:
+                chosen.append(candidate)
+        return self.queries[query_id], chosen
+
+    def _tokenize(self, texts: list[str], max_length: int, prefix: str) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(texts, max_length=max_length, truncation=True, padding=True,
+                                return_special_tokens_mask=True, return_tensors="pt")
+        return {f"{prefix}_{name}": tokens[name] for name in ("input_ids", "attention_mask", "special_tokens_mask")}
+
+    def __call__(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        groups = [self.group(int(e["query_index"])) for e in examples]
+        query_texts = [query for query, _ in groups]
+        passage_texts = [document_text(self.corpus[d]) for _, docs in groups for d in docs]
+        return {**self._tokenize(query_texts, self.query_max_length, "query"),
+                **self._tokenize(passage_texts, self.passage_max_length, "passage")}

@@ -1,0 +1,197 @@
+"""`dupmae finetune`: contrastive fine-tuning of a (DupMAE pre-trained) encoder into a retriever.
+
+Settings: `FinetuneArguments` (data, negatives, group size, temperature), `RepresentationConfig`
+(DUPMAE.md §2: dupmae / cls / sparse and their options — saved with the model) and the usual
+`TrainingArguments`; flags or a YAML/JSON `--config` file (flags win), as for `dupmae pretrain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from dupmae.config import load_config_file
+from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
+from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
+from dupmae.training.contrastive import contrastive_loss
+from dupmae.training.distributed import all_reduce_sum, world_size
+from dupmae.training.pretrain import accelerator_available
+from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback
+
+logger = logging.getLogger(__name__)
+
+TRAINING_DEFAULTS = {
+    "learning_rate": 2e-5,  # released recipe
+    "num_train_epochs": 4,
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 8,
+    "logging_steps": 10,
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "report_to": "tensorboard",
+    "remove_unused_columns": False,
+    "dataloader_drop_last": True,  # equal query counts per process keep the DDP gradient exact
+    "average_tokens_across_devices": False,
+    "ddp_find_unused_parameters": False,
+}
+
+
+@dataclass
+class FinetuneArguments:
+    model: str | None = field(default=None, metadata={
+        "help": "Starting model: a pre-training export, any local masked-LM/encoder folder, or a retriever folder."})
+    data: str | None = field(default=None, metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)."})
+    split: str = field(default="train", metadata={"help": "qrels split to train on."})
+    negatives: str | None = field(default=None, metadata={
+        "help": "negs.jsonl from `dupmae mine` (hard negatives, best first); without it negatives are random."})
+    negative_depth: int = field(default=200, metadata={"help": "Sample negatives from the top-N mined documents."})
+    group_size: int = field(default=8, metadata={"help": "Passages per query: 1 positive + group_size-1 negatives."})
+    temperature: float = field(default=1.0, metadata={"help": "Scores are divided by this (paper: 1)."})
+    negatives_across_devices: bool = field(default=True, metadata={
+        "help": "Share every process's passages as in-batch negatives (gathered with gradient)."})
+    dev_fraction: float = field(default=0.0, metadata={
+        "help": "Hold out this share of the split's queries (dev_split, seed 13) for choosing settings; "
+                "their qrels are written to OUTPUT/dev_qrels.tsv."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.data:
+            raise ValueError("--model and --data are required")
+        for name in ("model", "data", "negatives"):
+            value = getattr(self, name)
+            if value and not Path(value).exists():
+                raise FileNotFoundError(f"--{name}: {value} does not exist")
+        if self.group_size < 1 or self.temperature <= 0 or not 0 <= self.dev_fraction < 1:
+            raise ValueError("group_size must be >= 1, temperature > 0 and 0 <= dev_fraction < 1")
+
+
+class ContrastiveTrainer(Trainer):
+    def __init__(self, *args, group_size: int, temperature: float, across_devices: bool, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.group_size, self.temperature, self.across_devices = group_size, temperature, across_devices
+        self._accuracy_total, self._batches = 0.0, 0
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        top_k = None
+        config = self.accelerator.unwrap_model(model).representation
+        if config.uses_sparse and config.sparse_top_k_in_training:
+            top_k = config.sparse_top_k
+        queries = model(inputs["query_input_ids"], inputs["query_attention_mask"], inputs["query_special_tokens_mask"])
+        passages = model(inputs["passage_input_ids"], inputs["passage_attention_mask"],
+                         inputs["passage_special_tokens_mask"], top_k=top_k)
+        loss, accuracy = contrastive_loss(queries, passages, self.group_size, self.temperature, self.across_devices)
+        if model.training:
+            self._accuracy_total += float(accuracy)
+            self._batches += 1
+        return (loss, queries) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._batches:
+            mean = all_reduce_sum(torch.tensor(self._accuracy_total / self._batches, device=self.args.device))
+            logs["train_accuracy"] = round(float(mean) / world_size(), 4)
+            self._accuracy_total, self._batches = 0.0, 0
+        super().log(logs, start_time)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.args.should_save:
+            self.accelerator.unwrap_model(self.model).save_pretrained(output_dir or self.args.output_dir,
+                                                                      self.processing_class)
+
+
+def build_parser() -> HfArgumentParser:
+    parser = HfArgumentParser((FinetuneArguments, RepresentationConfig, TrainingArguments), prog="dupmae finetune")
+    parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
+    parser.set_defaults(**TRAINING_DEFAULTS, use_cpu=not accelerator_available())
+    return parser
+
+
+def parse_arguments(argv: list[str]):
+    parser = build_parser()
+    argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        values = load_config_file(known.config)
+        names = {f.name for kind in (FinetuneArguments, RepresentationConfig, TrainingArguments)
+                 for f in dataclasses.fields(kind)}
+        if set(values) - names:
+            raise ValueError(f"{known.config}: unknown setting(s) {sorted(set(values) - names)}")
+        parser.set_defaults(**values)
+    args, representation, training, *_ = parser.parse_args_into_dataclasses(argv)
+    if not training.output_dir:
+        raise ValueError("--output is required")
+    return args, representation, training
+
+
+def finetune(args: FinetuneArguments, representation: RepresentationConfig, training: TrainingArguments, callbacks=()):
+    from dupmae.data.beir import dev_split, load_beir
+
+    output = Path(training.output_dir)
+    checkpoint = None
+    if args.resume:
+        checkpoint = get_last_checkpoint(str(output)) if output.is_dir() else None
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
+    elif output.is_dir() and any(output.glob("checkpoint-*")):
+        raise FileExistsError(f"{output} already holds checkpoints: pass --resume to continue, or a new --output")
+
+    set_seed(training.seed)
+    collection = load_beir(args.data, args.split)
+    qrels = collection.qrels
+    if args.dev_fraction:
+        qrels, dev_qrels = dev_split(qrels, args.dev_fraction)
+        if training.should_save:
+            output.mkdir(parents=True, exist_ok=True)
+            with open(output / "dev_qrels.tsv", "w") as handle:
+                handle.write("query-id\tcorpus-id\tscore\n")
+                handle.writelines(f"{q}\t{d}\t{r}\n" for q, docs in sorted(dev_qrels.items()) for d, r in sorted(docs.items()))
+    query_ids = sorted(q for q, docs in qrels.items() if any(r > 0 for r in docs.values()))
+    negatives = load_negatives(args.negatives) if args.negatives else {}
+    negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
+
+    encoder = DupMAEEncoder.from_pretrained(args.model, representation)
+    tokenizer = load_tokenizer(args.model)
+    collator = GroupCollator(tokenizer, query_ids, collection.queries, collection.corpus, qrels, negatives,
+                             args.group_size, representation.query_max_length, representation.passage_max_length,
+                             seed=training.seed)
+    trainer = ContrastiveTrainer(
+        model=encoder, args=training, train_dataset=QueryDataset(query_ids), data_collator=collator,
+        processing_class=tokenizer, callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
+        group_size=args.group_size, temperature=args.temperature, across_devices=args.negatives_across_devices,
+    )
+    if int(os.environ.get("WORLD_SIZE", "1")) != training.world_size:
+        raise RuntimeError("distributed set-up failed: WORLD_SIZE differs from the trainer's process count")
+    global_batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * training.world_size
+    negatives_per_query = (args.group_size - 1) + (training.per_device_train_batch_size
+                                                   * (training.world_size if args.negatives_across_devices else 1) - 1) * args.group_size
+    logger.info("representation=%s queries=%d global batch=%d queries; per query: 1 positive, %d hard negatives, "
+                "%d negatives in all (hard + in-batch)", representation.representation, len(query_ids), global_batch,
+                args.group_size - 1, negatives_per_query)
+    if training.should_save:
+        output.mkdir(parents=True, exist_ok=True)
+        resolved = {"finetune": dataclasses.asdict(args), "representation": dataclasses.asdict(representation),
+                    "training": json.loads(training.to_json_string())}
+        (output / "dupmae_finetune_config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(str(output))
+    logger.info("fine-tuning took %.0f s", time.perf_counter() - started)
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    try:
+        finetune(*parse_arguments(argv))
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"dupmae finetune: error: {error}", file=sys.stderr)
+        return 2
+    return 0

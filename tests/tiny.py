@@ -1,0 +1,62 @@
+"""Tiny tokenizers built locally for tests (importable as `tiny`; conftest.py exposes them as fixtures)."""
+
+from __future__ import annotations
+
+WORDS = (
+    "the a of and to in is was for on with as by at from that this which protein cell cells gene genes "
+    "expression cancer tumor patients study studies results increased decreased levels role human mouse "
+    "blood brain heart disease risk treatment effect effects clinical trial data analysis model receptor "
+    "signaling pathway immune response infection virus bacteria drug dose years age women men children "
+    "water river city king war music film album born played team season league university school "
+    "science history language book world first new one two three"
+).split()
+SUBWORDS = ["##s", "##ed", "##ing", "##ly", "##er", "##al", "##ion", "##ic", "##e", "##a", "##o", "##i", "##n", "##t"]
+LETTERS = list("abcdefghijklmnopqrstuvwxyz0123456789.,;:!?()-'\"")
+
+
+def build_wordpiece_tokenizer(directory: str):
+    """A BERT-style WordPiece fast tokenizer with a ~200-entry vocabulary, saved to `directory`."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab_list = specials + LETTERS + ["##" + c for c in LETTERS] + WORDS + SUBWORDS
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
+    backend = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    backend.decoder = decoders.WordPiece()
+    tokenizer = BertTokenizerFast(tokenizer_object=backend, model_max_length=512, do_lower_case=True)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def build_bpe_tokenizer(directory: str):
+    """A RoBERTa-style byte-level BPE fast tokenizer (no '##' markers), trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE(unk_token=None))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=420,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    backend.train_from_iterator([" ".join(WORDS)] * 4, trainer=trainer)
+    backend.post_processor = processors.RobertaProcessing(
+        ("</s>", backend.token_to_id("</s>")), ("<s>", backend.token_to_id("<s>"))
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>",
+        pad_token="<pad>", unk_token="<unk>", mask_token="<mask>", model_max_length=512,
+    )
+    tokenizer.save_pretrained(directory)
+    return tokenizer
