@@ -16,6 +16,8 @@ VERBS = {
     "pretrain": ("dupmae.training.pretrain", "DupMAE / RetroMAE / BoW-only / MLM pre-training"),
     "export": ("dupmae.training.export", "export the encoder + MLM head of a checkpoint as a Hugging Face folder"),
     "finetune": ("dupmae.training.finetune", "contrastive fine-tuning into a retriever (dupmae / cls / sparse)"),
+    "encode": ("dupmae.retrieval.encode", "encode a corpus into a sharded, resumable dupmae index"),
+    "search": ("dupmae.retrieval.search", "exact DupMAE search of an index, written as a TREC run"),
     "plot": ("dupmae.evaluation.plots", "plot the loss terms and accuracies of a pre-training run"),
     "mine": ("dupmae.retrieval.mine", "mine hard negatives for fine-tuning with BM25 (or a retriever model)"),
     "evaluate": ("dupmae.evaluation.evaluate", "score a TREC run against qrels (nDCG, MRR, recall, MAP, P)"),

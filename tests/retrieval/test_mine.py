@@ -66,12 +66,28 @@ def test_mine_verb_accepts_a_corpus_file_and_explicit_queries(beir_folder, tmp_p
     assert code == 0 and len(output.read_text().splitlines()) == 3
 
 
-def test_dense_mining_is_refused_clearly_without_a_retriever_module(beir_folder, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "dupmae.modeling.retriever", None)  # makes the import fail
-    code = dupmae(["mine", "--model", str(tmp_path / "model"), "--corpus", beir_folder,
-                   "--qrels", f"{beir_folder}/qrels/train.tsv", "--output", str(tmp_path / "n.jsonl")])  # fmt: skip
-    assert code == 2
-    assert "dense mining: not available yet" in capsys.readouterr().err
+def test_dense_mining_with_a_real_tiny_retriever(beir_folder, tmp_path, wordpiece_dir):
+    from test_finetune import tiny_encoder_dir
+    from transformers import AutoTokenizer
+
+    from dupmae.data.beir import load_corpus, load_queries
+    from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
+    from dupmae.modeling.retriever import Retriever
+
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    model = tmp_path / "retriever"
+    DupMAEEncoder.from_pretrained(start, RepresentationConfig(dense_dim=8, sparse_top_k=5)).save_pretrained(
+        model, AutoTokenizer.from_pretrained(start))
+    output = tmp_path / "n.jsonl"
+    assert dupmae(["mine", "--model", str(model), "--corpus", beir_folder, "--qrels", f"{beir_folder}/qrels/train.tsv",
+                   "--depth", "3", "--output", str(output)]) == 0
+    mined = {r["query_id"]: r for r in map(json.loads, output.read_text().splitlines())}
+    queries = load_queries(f"{beir_folder}/queries.jsonl")
+    expected = Retriever.from_pretrained(model, show_progress=False).search(
+        {q: queries[q] for q in mined}, load_corpus(f"{beir_folder}/corpus.jsonl"), top_k=3)
+    for query_id, record in mined.items():
+        ranking = [d for d, _ in expected[query_id]]
+        assert record["negatives"] == [d for d in ranking if d not in record["positives"]]
 
 
 def test_dense_mining_uses_retriever_search_when_available(beir_folder, tmp_path, monkeypatch):

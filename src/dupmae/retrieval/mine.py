@@ -10,7 +10,6 @@ plus ``OUTPUT.manifest.json`` (inputs with sha256, settings, counts).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -25,9 +24,6 @@ from dupmae.retrieval.trec import Results, ranked
 
 logger = logging.getLogger(__name__)
 
-
-class DenseMiningUnavailable(RuntimeError):
-    """Mining with a model other than bm25 needs `dupmae.modeling.retriever.Retriever`, which is missing."""
 
 
 def mine_negatives(
@@ -107,20 +103,9 @@ def retrieve(model: str, corpus, queries, depth: int, threads: int):
         from dupmae.retrieval.bm25 import BM25Index
 
         return BM25Index.build(corpus).search(queries, depth, threads=threads)
-    unavailable = DenseMiningUnavailable(
-        f"dense mining: not available yet (--model {model!r} needs dupmae.modeling.retriever.Retriever"
-        ".from_pretrained; use --model bm25)"
-    )
-    try:
-        retriever_module = importlib.import_module("dupmae.modeling.retriever")
-    except ModuleNotFoundError as error:
-        if error.name not in ("dupmae.modeling.retriever", "dupmae.modeling"):
-            raise  # the module exists but something it imports is missing: show the real cause
-        raise unavailable from None
-    retriever_class = getattr(retriever_module, "Retriever", None)
-    if retriever_class is None or not hasattr(retriever_class, "from_pretrained"):
-        raise unavailable
-    return retriever_class.from_pretrained(model).search(queries, corpus, top_k=depth)
+    from dupmae.modeling.retriever import Retriever
+
+    return Retriever.from_pretrained(model).search(queries, corpus, top_k=depth)
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> int:
@@ -159,7 +144,7 @@ def main(argv: list[str]) -> int:
         results = retrieve(arguments.model, corpus, queries, arguments.depth, arguments.threads)
         records = mine_negatives(results, qrels, arguments.depth)
         count = write_jsonl(arguments.output, records)
-    except (CorpusFormatError, OSError, ValueError, ImportError, DenseMiningUnavailable) as error:
+    except (CorpusFormatError, OSError, ValueError, ImportError) as error:
         print(f"dupmae mine: error: {error}", file=sys.stderr)
         return 2
     negatives = sum(len(record["negatives"]) for record in records)

@@ -1,0 +1,130 @@
+"""`dupmae encode`: encode a corpus into index parts (dense vectors + sparse top-k pairs), sharded and resumable.
+
+    dupmae encode --model DIR --corpus BEIR_DIR_OR_corpus.jsonl --output INDEX [--shard I/N]
+
+Documents are sorted by id, shard I of N takes the I-th contiguous slice, and each shard is written
+in parts of `--part-size` documents. A part is committed by renaming its tensor file into place
+after its id list, so an interrupted run resumes at the first missing part. Every part file holds
+`dense [n, D]`, `sparse_indices [n, k]`, `sparse_values [n, k]` (present for the parts the
+representation has); `index.json` records the model, its representation settings and the corpus hash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import safetensors.numpy
+
+from dupmae.data.beir import load_corpus
+from dupmae.data.formats import file_sha256
+
+logger = logging.getLogger(__name__)
+INDEX_MANIFEST = "index.json"
+
+
+def parse_shard(value: str) -> tuple[int, int]:
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {value!r}") from None
+    if not 0 <= index < count:
+        raise ValueError(f"--shard {value}: need 0 <= I < N")
+    return index, count
+
+
+def part_name(shard: int, shards: int, part: int) -> str:
+    return f"shard{shard:03d}-of-{shards:03d}.part{part:05d}"
+
+
+def index_parts(directory: str | Path) -> list[Path]:
+    """Committed part files of an index, in order."""
+    return sorted(Path(directory).glob("shard*-of-*.part*.safetensors"))
+
+
+def load_part(path: Path):
+    """(doc ids, dense or None, sparse_indices or None, sparse_values or None) of one part."""
+    from dupmae.retrieval.index import DocumentBlock
+
+    tensors = safetensors.numpy.load_file(str(path))
+    ids = json.loads(path.with_suffix(".ids.json").read_text())
+    return DocumentBlock(ids, tensors.get("dense"), tensors.get("sparse_indices"), tensors.get("sparse_values"))
+
+
+def write_manifest(output: Path, model: str, retriever, corpus_path: str, shards: int, documents: int) -> None:
+    manifest = {"model": str(Path(model).resolve()), "representation": dataclasses.asdict(retriever.config),
+                "corpus": {"path": str(Path(corpus_path).resolve()), "sha256": file_sha256(corpus_path),
+                           "documents": documents},
+                "shards": shards}
+    path = output / INDEX_MANIFEST
+    if path.is_file():
+        existing = json.loads(path.read_text())
+        if existing != manifest:
+            raise ValueError(f"{output} holds an index of another model, corpus or shard count "
+                             f"({path}); use a new --output")
+        return
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+def encode_corpus(model: str, corpus_path: str, output: str | Path, shard: tuple[int, int] = (0, 1),
+                  part_size: int = 10_000, batch_size: int = 64, bf16: bool = False) -> int:
+    """Encode this shard's documents; returns how many were encoded now (0 if all parts existed)."""
+    from dupmae.modeling.retriever import Retriever
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    corpus = load_corpus(corpus_path)
+    retriever = Retriever.from_pretrained(model, batch_size=batch_size, bf16=bf16)
+    index, count = shard
+    write_manifest(output, model, retriever, corpus_path, count, len(corpus))
+    ids = sorted(corpus)
+    mine = ids[len(ids) * index // count : len(ids) * (index + 1) // count]
+    encoded = 0
+    for part, start in enumerate(range(0, len(mine), part_size)):
+        final = output / f"{part_name(index, count, part)}.safetensors"
+        if final.is_file():
+            logger.info("%s exists, skipped", final.name)
+            continue
+        part_ids = mine[start : start + part_size]
+        block = retriever.encode_corpus([corpus[d] for d in part_ids], part_ids)
+        tensors = {name: np.ascontiguousarray(value) for name, value in
+                   (("dense", block.dense), ("sparse_indices", block.sparse_indices), ("sparse_values", block.sparse_values))
+                   if value is not None}
+        final.with_suffix(".ids.json").write_text(json.dumps(part_ids))
+        temporary = final.with_name(final.name + ".tmp")
+        safetensors.numpy.save_file(tensors, str(temporary))
+        os.replace(temporary, final)  # the commit point of this part
+        encoded += len(part_ids)
+        logger.info("wrote %s (%d documents)", final.name, len(part_ids))
+    return encoded
+
+
+def main(argv: list[str]) -> int:
+    from dupmae.retrieval.mine import input_paths
+
+    parser = argparse.ArgumentParser(prog="dupmae encode", description="Encode a corpus into a dupmae index.")
+    parser.add_argument("--model", required=True, help="retriever folder written by `dupmae finetune`")
+    parser.add_argument("--corpus", required=True, help="BEIR folder or corpus.jsonl")
+    parser.add_argument("--output", required=True, help="index folder (created; reruns resume)")
+    parser.add_argument("--shard", default="0/1", help="I/N: encode the I-th of N slices (default 0/1)")
+    parser.add_argument("--part-size", type=int, default=10_000, help="documents per part file")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (where the hardware supports it)")
+    args = parser.parse_args(argv)
+    try:
+        corpus_path = input_paths(args.corpus, None)[0] if os.path.isdir(args.corpus) else args.corpus
+        if not os.path.isfile(corpus_path):
+            raise FileNotFoundError(f"corpus file {corpus_path} not found")
+        count = encode_corpus(args.model, corpus_path, args.output, parse_shard(args.shard), args.part_size,
+                              args.batch_size, args.bf16)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"dupmae encode: error: {error}", file=sys.stderr)
+        return 2
+    print(f"encoded {count} documents into {args.output}")
+    return 0

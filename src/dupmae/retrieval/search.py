@@ -1,0 +1,82 @@
+"""`dupmae search`: exact DupMAE scoring of queries over every part of an index, to a TREC run.
+
+    dupmae search --model DIR --index INDEX --queries queries.jsonl [--qrels F] --top-k 1000 --output run.trec
+
+Parts are scored one at a time and only the best `top_k` hits per query are kept, so memory stays
+`queries x (top_k + part size)` however large the corpus.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dupmae.retrieval.encode import INDEX_MANIFEST, index_parts, load_part
+from dupmae.retrieval.index import TopK, block_scores
+
+
+def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: int = 1000,
+                 exclude_self: bool = False) -> dict[str, list[tuple[str, float]]]:
+    index = Path(index)
+    manifest_path = index / INDEX_MANIFEST
+    if not manifest_path.is_file():
+        raise FileNotFoundError(f"{index} is not a dupmae index (no {INDEX_MANIFEST}); build one with `dupmae encode`")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest["representation"] != dataclasses.asdict(retriever.config):
+        raise ValueError(f"the index {index} was encoded with other representation settings than this model")
+    parts = index_parts(index)
+    if not parts:
+        raise FileNotFoundError(f"{index} holds no encoded parts")
+    query_ids = list(queries)
+    encoded = retriever.encode_queries([queries[q] for q in query_ids], query_ids)
+    best = TopK(len(query_ids), top_k)
+    seen = 0
+    for part in tqdm(parts, desc="searching", unit="part", disable=not retriever.show_progress):
+        block = load_part(part)
+        best.add(block_scores(encoded, block), block.ids,
+                 exclude=[{q} for q in query_ids] if exclude_self else None)
+        seen += len(block.ids)
+    if seen != manifest["corpus"]["documents"]:
+        raise ValueError(f"{index}: parts hold {seen} documents but the corpus has {manifest['corpus']['documents']}"
+                         " (a shard is missing or still being encoded)")
+    return best.results(query_ids)
+
+
+def main(argv: list[str]) -> int:
+    from dupmae.data.beir import load_qrels, load_queries
+    from dupmae.modeling.retriever import Retriever
+    from dupmae.retrieval.trec import write_run
+
+    parser = argparse.ArgumentParser(prog="dupmae search", description="Search a dupmae index.")
+    parser.add_argument("--model", required=True, help="the retriever folder the index was encoded with")
+    parser.add_argument("--index", required=True, help="folder written by `dupmae encode`")
+    parser.add_argument("--queries", required=True, help="queries.jsonl")
+    parser.add_argument("--qrels", help="only search the queries judged in this qrels file")
+    parser.add_argument("--top-k", type=int, default=1000)
+    parser.add_argument("--output", required=True, help="TREC run file to write")
+    parser.add_argument("--remove-self-hits", action="store_true", help="drop hits whose doc id equals the query id")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--tag", default="dupmae")
+    args = parser.parse_args(argv)
+    try:
+        queries = load_queries(args.queries)
+        if args.qrels:
+            judged = load_qrels(args.qrels)
+            missing = sorted(set(judged) - set(queries))
+            if missing:
+                raise ValueError(f"{args.qrels}: query ids not in {args.queries}: {missing[:5]}")
+            queries = {q: queries[q] for q in judged}
+        retriever = Retriever.from_pretrained(args.model, batch_size=args.batch_size, bf16=args.bf16)
+        results = search_index(retriever, args.index, queries, args.top_k, args.remove_self_hits)
+        lines = write_run(args.output, results, args.tag)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"dupmae search: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{len(results)} queries, {lines} hits -> {args.output}")
+    return 0
