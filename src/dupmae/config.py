@@ -117,3 +117,30 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ValueError(f"{path}: a config file must hold a mapping of setting -> value")
     return values
+
+
+def parse_with_config_file(kinds: tuple, argv: list[str], defaults: dict[str, Any], prog: str) -> tuple:
+    """Parse `argv` into one instance of each dataclass in `kinds` (the last one `TrainingArguments`).
+
+    Precedence: flags > `--config FILE` (YAML/JSON) > `defaults` > the dataclasses' own defaults.
+    `--output` is accepted for `--output_dir`. An unknown key in the file is an error (a setting
+    that silently reaches nothing is the bug this project exists to avoid).
+    """
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(kinds, prog=prog)
+    parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
+    parser.set_defaults(**defaults)
+    argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
+    known, _ = parser.parse_known_args(argv)
+    if known.config:
+        values = load_config_file(known.config)
+        names = {f.name for kind in kinds for f in dataclasses.fields(kind)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"{known.config}: unknown setting(s) {unknown}")
+        parser.set_defaults(**values)
+    *parsed, _config_namespace = parser.parse_args_into_dataclasses(argv)
+    if not parsed[-1].output_dir:
+        raise ValueError("--output is required")
+    return tuple(parsed)

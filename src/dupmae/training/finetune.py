@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from dupmae.config import load_config_file
+from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
@@ -108,28 +108,10 @@ class ContrastiveTrainer(Trainer):
                                                                       self.processing_class)
 
 
-def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((FinetuneArguments, RepresentationConfig, TrainingArguments), prog="dupmae finetune")
-    parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
-    parser.set_defaults(**TRAINING_DEFAULTS, use_cpu=not accelerator_available())
-    return parser
-
-
 def parse_arguments(argv: list[str]):
-    parser = build_parser()
-    argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        values = load_config_file(known.config)
-        names = {f.name for kind in (FinetuneArguments, RepresentationConfig, TrainingArguments)
-                 for f in dataclasses.fields(kind)}
-        if set(values) - names:
-            raise ValueError(f"{known.config}: unknown setting(s) {sorted(set(values) - names)}")
-        parser.set_defaults(**values)
-    args, representation, training, *_ = parser.parse_args_into_dataclasses(argv)
-    if not training.output_dir:
-        raise ValueError("--output is required")
-    return args, representation, training
+    """Flags > config file > our defaults > library defaults (as for `dupmae pretrain`)."""
+    return parse_with_config_file((FinetuneArguments, RepresentationConfig, TrainingArguments), argv,
+                                  {**TRAINING_DEFAULTS, "use_cpu": not accelerator_available()}, "dupmae finetune")
 
 
 def finetune(args: FinetuneArguments, representation: RepresentationConfig, training: TrainingArguments, callbacks=()):

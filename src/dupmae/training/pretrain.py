@@ -21,13 +21,12 @@ from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
     AutoTokenizer,
-    HfArgumentParser,
     TrainingArguments,
     set_seed,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from dupmae.config import PretrainingOptions, load_config_file
+from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.trainer import LOG_FILE, CollatorEpochCallback, JsonlLogCallback, PretrainingTrainer
@@ -85,13 +84,6 @@ class RunArguments:
                 raise FileNotFoundError(f"--{name.replace('_', '-')}: {value} does not exist")
 
 
-def build_parser() -> HfArgumentParser:
-    parser = HfArgumentParser((RunArguments, PretrainingOptions, TrainingArguments), prog="dupmae pretrain")
-    parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
-    parser.set_defaults(**TRAINING_DEFAULTS, use_cpu=not accelerator_available())
-    return parser
-
-
 def accelerator_available() -> bool:
     """CUDA or Apple MPS. Without one, `use_cpu` must be set or accelerate will not start
     gloo DDP under torchrun (every process would silently train alone)."""
@@ -104,21 +96,8 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
     An unknown flag or an invalid choice exits through argparse (usage + message, status 2);
     an inconsistent setting raises ValueError.
     """
-    parser = build_parser()
-    argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
-    known, _ = parser.parse_known_args(argv)
-    if known.config:
-        values = load_config_file(known.config)
-        kinds = (RunArguments, PretrainingOptions, TrainingArguments)
-        names = {f.name for kind in kinds for f in dataclasses.fields(kind)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{known.config}: unknown setting(s) {unknown}")
-        parser.set_defaults(**values)
-    run_args, options, training_args, *_ = parser.parse_args_into_dataclasses(argv)  # last: the --config namespace
-    if not training_args.output_dir:
-        raise ValueError("--output is required")
-    return run_args, options, training_args
+    return parse_with_config_file((RunArguments, PretrainingOptions, TrainingArguments), argv,
+                                  {**TRAINING_DEFAULTS, "use_cpu": not accelerator_available()}, "dupmae pretrain")
 
 
 def load_encoder(run_args: RunArguments, tokenizer):
