@@ -152,3 +152,30 @@ def test_finetune_cli_end_to_end(tmp_path, wordpiece_dir):
     assert retriever.config.dense_dim == 16 and retriever.config.sparse_top_k == 8
     results = retriever.search({"q0": "the protein"}, {"d0": {"title": "", "text": "the protein"}, "d1": "cancer"}, top_k=2)
     assert [d for d, _ in results["q0"]] and len(results["q0"]) == 2
+
+
+def test_finetune_resume_matches_uninterrupted(tmp_path, wordpiece_dir):
+    from transformers import TrainerCallback
+
+    from dupmae.training.finetune import finetune, parse_arguments
+
+    class StopAt(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    beir = write_beir(tmp_path / "beir")
+
+    def flags(output):
+        return ["--model", start, "--data", str(beir), "--negatives", str(beir / "negs.jsonl"), "--output", str(output),
+                "--group-size", "3", "--per-device-train-batch-size", "4", "--max-steps", "4", "--save-strategy", "steps",
+                "--save-steps", "2", "--dense-dim", "16", "--sparse-top-k", "8", "--learning-rate", "1e-3",
+                "--report-to", "none", "--disable-tqdm", "true"]
+
+    finetune(*parse_arguments(flags(tmp_path / "straight")))
+    finetune(*parse_arguments(flags(tmp_path / "resumed")), callbacks=[StopAt()])
+    finetune(*parse_arguments([*flags(tmp_path / "resumed"), "--resume"]))
+    a = Retriever.from_pretrained(tmp_path / "straight", show_progress=False).encode_corpus(["the protein study"])
+    b = Retriever.from_pretrained(tmp_path / "resumed", show_progress=False).encode_corpus(["the protein study"])
+    assert np.allclose(a.dense, b.dense, atol=1e-5) and np.array_equal(a.sparse_indices, b.sparse_indices)
