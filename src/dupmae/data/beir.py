@@ -18,13 +18,12 @@ qrels that name queries or documents the collection does not have.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from dataclasses import dataclass
 
-from dupmae.data.formats import CorpusFormatError, _numbered_lines
+from dupmae.data.formats import CorpusFormatError, _numbered_lines, parse_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +67,9 @@ def _records(path: str):
         if problem is not None:
             raise DataFormatError(f"{path}:{line_number}: {problem}")
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataFormatError(f"{path}:{line_number}: invalid JSON ({error.msg} at column {error.colno})") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(f"{path}:{line_number}: expected a JSON object, got {type(record).__name__}")
+            record = parse_json_object(line)
+        except ValueError as error:
+            raise DataFormatError(f"{path}:{line_number}: {error}") from None
         yield line_number, record
 
 

@@ -125,14 +125,20 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str | None, str | None]]:
             yield line_number + 1, None, f"unreadable data, the rest of the file is lost ({error})"
 
 
-def _jsonl_document(line: str) -> str:
-    """The document text of one jsonl record; ValueError (without location) when malformed."""
+def parse_json_object(line: str) -> dict:
+    """One jsonl line as a dict; ValueError (without location: callers add file:line) otherwise."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
         raise ValueError(f"invalid JSON ({error.msg} at column {error.colno})") from None
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def _jsonl_document(line: str) -> str:
+    """The document text of one jsonl record; ValueError (without location) when malformed."""
+    record = parse_json_object(line)
     if "text" not in record:
         raise ValueError(f"missing required field 'text' (fields: {', '.join(sorted(record)) or 'none'})")
     text = record["text"]
