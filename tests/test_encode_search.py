@@ -61,3 +61,30 @@ def test_search_refuses_an_incomplete_or_foreign_index(tmp_path, retriever_dir, 
         tmp_path / "cls", AutoTokenizer.from_pretrained(other))
     args[2] = str(tmp_path / "cls")
     assert cli(args) == 2 and "other representation settings" in capsys.readouterr().err
+
+
+def test_approximate_dense_candidates_are_rescored_exactly(tmp_path, retriever_dir):
+    pytest.importorskip("faiss")
+    beir = write_beir(tmp_path / "beir")
+    index = tmp_path / "index"
+    assert cli(["encode", "--model", retriever_dir, "--corpus", str(beir), "--output", str(index),
+                "--part-size", "11"]) == 0
+    common = ["search", "--model", retriever_dir, "--index", str(index), "--queries", str(beir / "queries.jsonl")]
+    assert cli([*common, "--top-k", "30", "--output", str(tmp_path / "all.trec")]) == 0  # every document, exact
+    assert cli([*common, "--top-k", "5", "--output", str(tmp_path / "exact.trec")]) == 0
+    # FAISS with exhaustive candidates (one IVF list) through the approximate path reproduces exact search
+    assert cli([*common, "--top-k", "5", "--output", str(tmp_path / "faiss.trec"), "--dense-index", "IVF1,Flat",
+                "--candidates", "30"]) == 0
+    exact, through_faiss = read_run(str(tmp_path / "exact.trec")), read_run(str(tmp_path / "faiss.trec"))
+    for query_id in exact:
+        assert list(exact[query_id]) == list(through_faiss[query_id])
+        assert np.allclose(list(exact[query_id].values()), list(through_faiss[query_id].values()), rtol=1e-5)
+    # HNSW finds candidates approximately; whatever it returns carries the exact hybrid score
+    assert cli([*common, "--top-k", "5", "--output", str(tmp_path / "hnsw.trec"), "--dense-index", "HNSW8",
+                "--candidates", "10"]) == 0
+    every = read_run(str(tmp_path / "all.trec"))
+    for query_id, hits in read_run(str(tmp_path / "hnsw.trec")).items():
+        assert len(hits) == 5
+        for doc_id, value in hits.items():
+            assert value == pytest.approx(every[query_id][doc_id], rel=1e-5)
+    assert cli([*common, "--output", str(tmp_path / "x.trec"), "--dense-index", "NoSuchIndex"]) == 2

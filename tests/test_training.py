@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, TrainerCallback
 
-from tiny import WORDS
+from tiny import WORDS, free_port
 from dupmae.cli import main as cli
 from dupmae.data.prepare import prepare_corpus
 from dupmae.modeling.pretraining import DupMAEForPretraining
@@ -165,7 +165,7 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tm
               "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0"]
     subprocess.run([sys.executable, "-m", "dupmae.cli", "pretrain", *common, "--output", str(single),
                     "--per-device-train-batch-size", "4"], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                     "-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
                     "--per-device-train-batch-size", "2"], check=True, env=env)
     one = [r for r in read_log(single) if "loss_bow" in r]

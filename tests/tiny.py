@@ -60,3 +60,12 @@ def build_bpe_tokenizer(directory: str):
     )
     tokenizer.save_pretrained(directory)
     return tokenizer
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous in multi-process tests)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

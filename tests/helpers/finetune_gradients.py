@@ -5,6 +5,7 @@ Each process takes its slice of the same 4 groups (rank-major), wraps the encode
 distributed, and rank 0 saves the loss (mean over processes) and the averaged gradients.
 """
 
+import os
 import sys
 
 import torch
@@ -14,9 +15,10 @@ from dupmae.data.beir import load_beir
 from dupmae.data.finetune import GroupCollator, load_negatives
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
+from dupmae.training.distributed import shutdown
 
 model_dir, beir, out, per_process = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-distributed = "RANK" in __import__("os").environ
+distributed = "RANK" in os.environ
 if distributed:
     dist.init_process_group("gloo")
 rank = dist.get_rank() if distributed else 0
@@ -42,5 +44,8 @@ if distributed:
 if rank == 0:
     grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
     torch.save({"loss": float(total), "grads": grads}, out)
-if distributed:
-    dist.destroy_process_group()
+shutdown()  # barrier first: a rank leaving while another still writes can abort gloo
+# Skip interpreter teardown: gloo's threads occasionally abort there ("terminate called without an
+# active exception") after all the work above is done and saved; see docs/bugs-and-fixes.md.
+sys.stdout.flush()
+os._exit(0)

@@ -14,14 +14,19 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from dupmae.retrieval.approximate import build_faiss_index, candidate_scores, concatenate
 from dupmae.retrieval.encode import INDEX_MANIFEST, index_parts, load_part
 from dupmae.retrieval.index import TopK, block_scores
 
 
 def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: int = 1000,
-                 exclude_self: bool = False) -> dict[str, list[tuple[str, float]]]:
+                 exclude_self: bool = False, dense_index: str = "Flat", candidates: int | None = None,
+                 threads: int = 1) -> dict[str, list[tuple[str, float]]]:
+    """Exact search over every part (`dense_index="Flat"`), or FAISS candidates from another
+    factory string re-scored exactly (see `dupmae.retrieval.approximate`)."""
     index = Path(index)
     manifest_path = index / INDEX_MANIFEST
     if not manifest_path.is_file():
@@ -34,17 +39,43 @@ def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: i
         raise FileNotFoundError(f"{index} holds no encoded parts")
     query_ids = list(queries)
     encoded = retriever.encode_queries([queries[q] for q in query_ids], query_ids)
-    best = TopK(len(query_ids), top_k)
-    seen = 0
-    for part in tqdm(parts, desc="searching", unit="part", disable=not retriever.show_progress):
-        block = load_part(part)
-        best.add(block_scores(encoded, block), block.ids,
-                 exclude=[{q} for q in query_ids] if exclude_self else None)
-        seen += len(block.ids)
+    if dense_index == "Flat":
+        results, seen = _exact(encoded, parts, top_k, exclude_self, retriever.show_progress)
+    else:
+        if encoded.dense is None:
+            raise ValueError(f"--dense-index {dense_index}: the {retriever.config.representation!r} "
+                             "representation has no dense part")
+        results, seen = _approximate(encoded, parts, top_k, exclude_self, dense_index, candidates or top_k, threads)
     if seen != manifest["corpus"]["documents"]:
         raise ValueError(f"{index}: parts hold {seen} documents but the corpus has {manifest['corpus']['documents']}"
                          " (a shard is missing or still being encoded)")
-    return best.results(query_ids)
+    return results
+
+
+def _exact(encoded, parts, top_k, exclude_self, show_progress):
+    best = TopK(len(encoded.ids), top_k)
+    exclude = [{q} for q in encoded.ids] if exclude_self else None
+    seen = 0
+    for part in tqdm(parts, desc="searching", unit="part", disable=not show_progress):
+        block = load_part(part)
+        best.add(block_scores(encoded, block), block.ids, exclude=exclude)
+        seen += len(block.ids)
+    return best.results(encoded.ids), seen
+
+
+def _approximate(encoded, parts, top_k, exclude_self, factory, candidates, threads):
+    documents = concatenate([load_part(part) for part in parts])
+    faiss_index = build_faiss_index(documents.dense, factory, threads)
+    if hasattr(faiss_index, "hnsw"):  # search at least as wide as the candidate list
+        faiss_index.hnsw.efSearch = max(faiss_index.hnsw.efSearch, candidates)
+    _, nearest = faiss_index.search(np.ascontiguousarray(encoded.dense), min(candidates, len(documents.ids)))
+    scores = candidate_scores(encoded, documents, nearest)  # [Q, C]
+    results = {}
+    for q, query_id in enumerate(encoded.ids):
+        hits = [(documents.ids[j], float(score)) for j, score in zip(nearest[q], scores[q])
+                if j >= 0 and not (exclude_self and documents.ids[j] == query_id)]
+        results[query_id] = sorted(hits, key=lambda hit: (-hit[1], hit[0]))[:top_k]
+    return results, len(documents.ids)
 
 
 def main(argv: list[str]) -> int:
@@ -63,6 +94,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--tag", default="dupmae")
+    parser.add_argument("--dense-index", default="Flat",
+                        help="FAISS factory string for the dense part: Flat (default) = exact scoring of every "
+                             "document; e.g. HNSW32 or IVF256,Flat = approximate candidates, re-scored exactly")
+    parser.add_argument("--candidates", type=int, default=None,
+                        help="with an approximate --dense-index: candidates per query (default: --top-k)")
+    parser.add_argument("--threads", type=int, default=1, help="FAISS threads")
     args = parser.parse_args(argv)
     try:
         queries = load_queries(args.queries)
@@ -73,9 +110,10 @@ def main(argv: list[str]) -> int:
                 raise ValueError(f"{args.qrels}: query ids not in {args.queries}: {missing[:5]}")
             queries = {q: queries[q] for q in judged}
         retriever = Retriever.from_pretrained(args.model, batch_size=args.batch_size, bf16=args.bf16)
-        results = search_index(retriever, args.index, queries, args.top_k, args.remove_self_hits)
+        results = search_index(retriever, args.index, queries, args.top_k, args.remove_self_hits,
+                               args.dense_index, args.candidates, args.threads)
         lines = write_run(args.output, results, args.tag)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
         print(f"dupmae search: error: {error}", file=sys.stderr)
         return 2
     print(f"{len(results)} queries, {lines} hits -> {args.output}")

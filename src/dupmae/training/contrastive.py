@@ -16,13 +16,26 @@ from dupmae.modeling.representation import Representation, score
 from dupmae.training.distributed import world_size
 
 
+_GATHER_GROUP = None
+
+
+def _gather_group():
+    """A process group of our own for the gathers. Their backward runs a collective inside the
+    autograd engine while DDP all-reduces gradients on its group; sharing one gloo group between the
+    two interleaves collectives differently on different ranks and can abort a process."""
+    global _GATHER_GROUP
+    if _GATHER_GROUP is None:
+        _GATHER_GROUP = dist.new_group()
+    return _GATHER_GROUP
+
+
 def gather_with_grad(tensor: torch.Tensor | None) -> torch.Tensor | None:
     """Concatenate `tensor` `[n, ...]` from every process in rank order: `[world * n, ...]`."""
     if tensor is None or world_size() == 1:
         return tensor
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return torch.cat(all_gather(tensor.contiguous(), group=_gather_group()), dim=0)
 
 
 def contrastive_loss(queries: Representation, passages: Representation, group_size: int,

@@ -17,3 +17,10 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     tensor = tensor.clone()
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (a gloo group torn down at interpreter exit can abort a rank)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -24,7 +24,7 @@ from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
-from dupmae.training.distributed import all_reduce_sum, world_size
+from dupmae.training.distributed import all_reduce_sum, shutdown, world_size
 from dupmae.training.pretrain import accelerator_available
 from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback
 
@@ -176,4 +176,6 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"dupmae finetune: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     return 0

@@ -29,6 +29,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.pretraining import DupMAEForPretraining
+from dupmae.training.distributed import shutdown
 from dupmae.training.trainer import LOG_FILE, CollatorEpochCallback, JsonlLogCallback, PretrainingTrainer
 
 logger = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ def main(argv: list[str]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"dupmae pretrain: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        shutdown()
     if trainer.args.should_save:
         last = [r for r in trainer.state.log_history if "loss_encoder_mlm" in r]
         if last:
