@@ -454,10 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        arguments = build_parser().parse_args(argv)
-    except SystemExit as exit_request:  # --help, or a usage error argparse has already printed
-        return int(exit_request.code or 0)
+    arguments = build_parser().parse_args(argv)  # usage errors exit 2 through argparse
     if (arguments.num_proc or default_num_proc()) > 1:
         # Worker processes tokenize in parallel already; Rust threads inside each would oversubscribe.
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

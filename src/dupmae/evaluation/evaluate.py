@@ -33,10 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        arguments = build_parser().parse_args(argv)
-    except SystemExit as exit_request:  # --help, or a usage error argparse has already printed
-        return int(exit_request.code or 0)
+    arguments = build_parser().parse_args(argv)  # usage errors exit 2 through argparse
     try:
         run = read_run(arguments.run)
         qrels = load_qrels(arguments.qrels)

@@ -143,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     from dupmae.retrieval.mine import load_inputs
     from dupmae.retrieval.trec import write_run
 
-    try:
-        arguments = build_parser().parse_args(argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
+    arguments = build_parser().parse_args(argv)  # usage errors exit 2 through argparse
     try:
         corpus, queries, _ = load_inputs(arguments.corpus, arguments.queries, arguments.qrels)
         started = time.monotonic()

@@ -132,10 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        arguments = build_parser().parse_args(argv)
-    except SystemExit as exit_request:
-        return int(exit_request.code or 0)
+    arguments = build_parser().parse_args(argv)  # usage errors exit 2 through argparse
     started = time.monotonic()
     try:
         if arguments.depth < 1 or arguments.threads < 1:
