@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,15 +17,13 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
-from dupmae.training.distributed import all_reduce_sum, shutdown, world_size
-from dupmae.training.pretrain import accelerator_available
-from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback
+from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
+from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume
 
 logger = logging.getLogger(__name__)
 
@@ -118,13 +115,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
     from dupmae.data.beir import dev_split, load_beir
 
     output = Path(training.output_dir)
-    checkpoint = None
-    if args.resume:
-        checkpoint = get_last_checkpoint(str(output)) if output.is_dir() else None
-        if checkpoint is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output}")
-    elif output.is_dir() and any(output.glob("checkpoint-*")):
-        raise FileExistsError(f"{output} already holds checkpoints: pass --resume to continue, or a new --output")
+    checkpoint = checkpoint_to_resume(output, args.resume)
 
     set_seed(training.seed)
     collection = load_beir(args.data, args.split)
@@ -150,8 +141,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
         processing_class=tokenizer, callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
         group_size=args.group_size, temperature=args.temperature, across_devices=args.negatives_across_devices,
     )
-    if int(os.environ.get("WORLD_SIZE", "1")) != training.world_size:
-        raise RuntimeError("distributed set-up failed: WORLD_SIZE differs from the trainer's process count")
+    check_world_size(training)
     global_batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * training.world_size
     negatives_per_query = (args.group_size - 1) + (training.per_device_train_batch_size
                                                    * (training.world_size if args.negatives_across_devices else 1) - 1) * args.group_size

@@ -11,12 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import (
     AutoConfig,
     AutoModelForMaskedLM,
@@ -24,13 +22,17 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.pretraining import DupMAEForPretraining
-from dupmae.training.distributed import shutdown
-from dupmae.training.trainer import LOG_FILE, CollatorEpochCallback, JsonlLogCallback, PretrainingTrainer
+from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
+from dupmae.training.trainer import (
+    CollatorEpochCallback,
+    JsonlLogCallback,
+    PretrainingTrainer,
+    checkpoint_to_resume,
+)
 
 logger = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "dupmae_run_config.json"
@@ -85,12 +87,6 @@ class RunArguments:
                 raise FileNotFoundError(f"--{name.replace('_', '-')}: {value} does not exist")
 
 
-def accelerator_available() -> bool:
-    """CUDA or Apple MPS. Without one, `use_cpu` must be set or accelerate will not start
-    gloo DDP under torchrun (every process would silently train alone)."""
-    return torch.cuda.is_available() or torch.backends.mps.is_available()
-
-
 def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, TrainingArguments]:
     """Flags > config file > our defaults > library defaults.
 
@@ -128,27 +124,12 @@ def check_data(manifest: dict, tokenizer, encoder) -> None:
         raise ValueError(f"data max_length {manifest['max_length']} exceeds the model's {max_positions} positions")
 
 
-def resume_checkpoint(output_dir: str) -> str:
-    checkpoint = get_last_checkpoint(output_dir) if Path(output_dir).is_dir() else None
-    if checkpoint is None:
-        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
-    # Drop log records written after the checkpoint, so the log reads as one uninterrupted run.
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
-    log_path = Path(output_dir) / LOG_FILE
-    if log_path.is_file():
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        log_path.write_text("".join(line + "\n" for line in kept))
-    return checkpoint
-
-
 def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args: TrainingArguments, callbacks=()):
     """Run pre-training; returns the trainer (its state holds the log history)."""
     from dupmae.data.prepare import load_prepared
 
     output_dir = Path(training_args.output_dir)
-    checkpoint = resume_checkpoint(str(output_dir)) if run_args.resume else None
-    if not run_args.resume and output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
-        raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, or a new --output")
+    checkpoint = checkpoint_to_resume(output_dir, run_args.resume)
 
     set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
     tokenizer = AutoTokenizer.from_pretrained(run_args.tokenizer or run_args.model)
@@ -171,9 +152,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
     )
-    if int(os.environ.get("WORLD_SIZE", "1")) != training_args.world_size:
-        raise RuntimeError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but the trainer runs "
-                           f"{training_args.world_size} process(es): distributed set-up failed")
+    check_world_size(training_args)
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)
     logger.info(

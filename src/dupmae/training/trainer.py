@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import get_last_checkpoint
 
 from dupmae.modeling.pretraining import TERMS, combine_losses, local_counts
 from dupmae.training.distributed import all_reduce_sum, world_size
@@ -88,3 +89,26 @@ class CollatorEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.collator.epoch = int(state.epoch or 0)
+
+
+def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
+    """The checkpoint `--resume` continues from (None without `--resume`).
+
+    Without `--resume`, an output folder that already holds checkpoints is refused rather than
+    mixed into. With it, log records written after the checkpoint are dropped, so
+    `train_log.jsonl` reads as one uninterrupted run.
+    """
+    output_dir = Path(output_dir)
+    if not resume:
+        if output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+            raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, or a new --output")
+        return None
+    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if checkpoint is None:
+        raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
+    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    log_path = output_dir / LOG_FILE
+    if log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    return checkpoint
