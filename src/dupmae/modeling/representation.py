@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
+from dupmae.modeling.head_init import load_masked_lm
 from dupmae.modeling.heads import mlm_head_name
 from dupmae.modeling.persistence import deduplicated_state_dict, load_weights, save_weights
 
@@ -204,14 +205,16 @@ class DupMAEEncoder(nn.Module):
             tokenizer.save_pretrained(directory)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, config: RepresentationConfig | None = None) -> "DupMAEEncoder":
+    def from_pretrained(cls, directory: str | Path, config: RepresentationConfig | None = None,
+                        missing_head_init: str = "identity") -> "DupMAEEncoder":
         """Load a retriever folder written by `save_pretrained` (its saved config wins), or start one
-        from any masked-LM / encoder folder (e.g. a `dupmae export`) with `config`."""
+        from any masked-LM / encoder folder (e.g. a `dupmae export`) with `config`; a head that folder
+        lacks starts as `missing_head_init` (see `dupmae.modeling.head_init`)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise FileNotFoundError(f"model folder not found: {directory}")
         if not (directory / CONFIG_FILE).is_file():
-            return cls(AutoModelForMaskedLM.from_pretrained(directory), config or RepresentationConfig())
+            return cls(load_masked_lm(directory, missing_head_init), config or RepresentationConfig())
         stored = RepresentationConfig.load(directory)
         if config is not None and config != stored:
             raise ValueError(f"{directory} was trained with {stored}; it cannot be re-read as {config}")

@@ -20,6 +20,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
+from dupmae.modeling.head_init import MISSING_HEAD_INITS
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
@@ -59,6 +60,10 @@ class FinetuneArguments:
     dev_fraction: float = field(default=0.0, metadata={
         "help": "Hold out this share of the split's queries (dev_split, seed 13) for choosing settings; "
                 "their qrels are written to OUTPUT/dev_qrels.tsv."})
+    missing_head_init: str = field(default="identity", metadata={
+        "help": "How to start an MLM head the starting model lacks (e.g. all-MiniLM-L6-v2): identity "
+                "(vocabulary logits = similarity to the word embeddings, lexical from the start) or random.",
+        "choices": list(MISSING_HEAD_INITS)})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
@@ -131,7 +136,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
     negatives = load_negatives(args.negatives) if args.negatives else {}
     negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
 
-    encoder = DupMAEEncoder.from_pretrained(args.model, representation)
+    encoder = DupMAEEncoder.from_pretrained(args.model, representation, args.missing_head_init)
     tokenizer = load_tokenizer(args.model)
     collator = GroupCollator(tokenizer, query_ids, collection.queries, collection.corpus, qrels, negatives,
                              args.group_size, representation.query_max_length, representation.passage_max_length,

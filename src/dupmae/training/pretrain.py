@@ -25,6 +25,7 @@ from transformers import (
 
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
+from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
@@ -73,6 +74,10 @@ class RunArguments:
                                          "optimizer, scheduler, RNG and data position)."}
     )
     pad_to_multiple_of: int = field(default=8, metadata={"help": "Pad batch length to a multiple of this."})
+    missing_head_init: str = field(default="identity", metadata={
+        "help": "How to start an MLM head transform --model lacks (e.g. all-MiniLM-L6-v2): identity (logits = "
+                "similarity to the word embeddings) or random (the library default).",
+        "choices": list(MISSING_HEAD_INITS)})
 
     def __post_init__(self) -> None:
         if not self.data:
@@ -99,7 +104,7 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
 
 def load_encoder(run_args: RunArguments, tokenizer):
     if run_args.model:
-        encoder = AutoModelForMaskedLM.from_pretrained(run_args.model)
+        encoder = load_masked_lm(run_args.model, run_args.missing_head_init)
     else:
         values = json.loads(Path(run_args.model_config).read_text())
         if "model_type" not in values:
