@@ -180,3 +180,23 @@ def test_finetune_resume_matches_uninterrupted(tmp_path, wordpiece_dir):
     a = Retriever.from_pretrained(tmp_path / "straight", show_progress=False).encode_corpus(["the protein study"])
     b = Retriever.from_pretrained(tmp_path / "resumed", show_progress=False).encode_corpus(["the protein study"])
     assert np.allclose(a.dense, b.dense, atol=1e-5) and np.array_equal(a.sparse_indices, b.sparse_indices)
+
+
+def test_sparse_weight_scales_the_sparse_term_of_the_score(tmp_path, wordpiece_dir):
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    batch = tokenizer(["the protein increased in mouse cells", "cancer study"], padding=True, return_tensors="pt",
+                      return_special_tokens_mask=True)
+    inputs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  special_tokens_mask=batch["special_tokens_mask"])
+    plain_config = RepresentationConfig(dense_dim=16, sparse_activation="relu")
+    weighted_config = RepresentationConfig(dense_dim=16, sparse_activation="relu", sparse_weight=0.25)
+    plain = DupMAEEncoder.from_pretrained(start, plain_config).eval()
+    weighted = DupMAEEncoder(plain.model, weighted_config).eval()
+    weighted.dense_projection.load_state_dict(plain.dense_projection.state_dict())
+    with torch.no_grad():
+        a, b = plain(**inputs, top_k=5), weighted(**inputs, top_k=5)
+    torch.testing.assert_close(b.sparse, 0.5 * a.sparse)
+    torch.testing.assert_close(score(b, b), a.dense @ a.dense.T + 0.25 * (a.sparse @ a.sparse.T))
+    with pytest.raises(ValueError, match="sparse_weight"):
+        RepresentationConfig(sparse_weight=0.0)

@@ -160,3 +160,15 @@ def test_collator_decoder_rows_hide_half_the_words(wordpiece_tokenizer):
 def test_mlm_objective_builds_no_decoder_mask(wordpiece_tokenizer):
     batch, _ = collate(wordpiece_tokenizer, TEXTS, PretrainingOptions(objective="mlm"))
     assert "decoder_attention_mask" not in batch
+
+
+def test_row_argsort_equals_stable_argsort():
+    from dupmae.data.masking import row_argsort
+
+    generator = torch.Generator().manual_seed(3)
+    keys = torch.randn(64, 37, generator=generator) * 100
+    keys[0, :5] = float("inf")  # absent word slots
+    keys[1, :] = 0.5  # ties keep column order
+    keys[2, 3], keys[2, 4] = -0.0, 0.0
+    keys[3, :10] = torch.tensor([-1e-30, 1e-30, -3.0, 3.0, -float("inf"), 7.0, -7.0, 0.0, 2.0, -2.0])
+    assert torch.equal(row_argsort(keys), keys.argsort(dim=1, stable=True))

@@ -22,6 +22,23 @@ def word_lengths(word_ids: torch.Tensor, num_words: int) -> torch.Tensor:
     return lengths.scatter_add_(1, word_ids.clamp(min=0), ordinary.long())
 
 
+def row_argsort(keys: torch.Tensor) -> torch.Tensor:
+    """`keys.argsort(dim=1)` for a `[N, W]` float tensor, via one 1-d sort of int64 keys.
+
+    Why: `argsort(dim=1)` sorts each short row with a comparison sort; one 1-d sort of
+    `row * 2**32 + (order-preserving int of the float32 bits)` is done by PyTorch's radix sort and
+    is about 3x faster on CPU for the decoder's mask pools (`[B * 256, words]`). Exact: IEEE floats
+    map to integers monotonically once the magnitude bits of negative numbers are flipped.
+    Equal keys keep their column order (stable).
+    """
+    rows, width = keys.shape
+    bits = keys.to(torch.float32).contiguous().view(torch.int32).long()  # [N, W]
+    monotone = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF) + 2**31  # [N, W] in [0, 2**32)
+    row_offsets = torch.arange(rows, device=keys.device)[:, None] * 2**32
+    flat_order = (monotone + row_offsets).flatten().sort(stable=True).indices  # rows stay grouped, in order
+    return flat_order.view(rows, width) - torch.arange(rows, device=keys.device)[:, None] * width
+
+
 def select_words(scores: torch.Tensor, lengths: torch.Tensor, ratio: float) -> torch.Tensor:
     """Pick whole words in random order until `round(ratio * tokens)` tokens are covered.
 
@@ -38,7 +55,7 @@ def select_words(scores: torch.Tensor, lengths: torch.Tensor, ratio: float) -> t
     """
     present = lengths > 0
     budget = torch.round(ratio * lengths.sum(dim=1, keepdim=True).to(torch.float64)).long()  # [N, 1]
-    order = scores.masked_fill(~present, float("inf")).argsort(dim=1)  # present words first, random order
+    order = row_argsort(scores.masked_fill(~present, float("inf")))  # present words first, random order
     sorted_lengths = lengths.gather(1, order)  # [N, W]
     within_budget = sorted_lengths.cumsum(dim=1) <= budget
     within_budget[:, 0] = True

@@ -55,6 +55,9 @@ class RepresentationConfig:
         "help": "Activation on vocabulary logits before the max-pool: none (raw logits, paper), relu, or "
                 "log1p_relu (SPLADE-style; non-negative, as an inverted index needs).",
         "choices": list(SPARSE_ACTIVATIONS)})
+    sparse_weight: float = field(default=1.0, metadata={
+        "help": "Weight w of the sparse term: s = dense(q).dense(d) + w * sparse(q).sparse(d) (paper: 1). Both "
+                "sides' sparse vectors are multiplied by sqrt(w), so indexes and search need no change."})
     sparse_exclude_special: bool = field(default=True, metadata={
         "help": "Leave special tokens ([SEP]) out of the max-pool: they would otherwise dominate it."})
     query_max_length: int = field(default=64, metadata={"help": "Tokens per query (released recipe: 32)."})
@@ -67,6 +70,8 @@ class RepresentationConfig:
             raise ValueError(f"sparse_activation must be one of {SPARSE_ACTIVATIONS}, got {self.sparse_activation!r}")
         if self.dense_pooling not in ("cls", "mean"):
             raise ValueError(f"dense_pooling must be cls or mean, got {self.dense_pooling!r}")
+        if not self.sparse_weight > 0:
+            raise ValueError(f"sparse_weight must be > 0, got {self.sparse_weight!r}")
         if self.dense_dim < 0 or self.sparse_top_k < 1:
             raise ValueError("dense_dim must be >= 0 and sparse_top_k >= 1")
         if self.query_max_length < 2 or self.passage_max_length < 2:
@@ -182,6 +187,8 @@ class DupMAEEncoder(nn.Module):
             sparse = logits.float().masked_fill(~pool[:, :, None], float("-inf")).max(dim=1).values  # [B, V]
             if top_k:
                 sparse = keep_top_k(sparse, top_k)
+            if self.representation.sparse_weight != 1.0:
+                sparse = sparse * self.representation.sparse_weight ** 0.5  # both sides: w * (mu_q . mu_d)
         return Representation(dense=None if dense is None else dense.float(), sparse=sparse)
 
     # -- persistence ------------------------------------------------------------------------------
