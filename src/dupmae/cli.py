@@ -21,6 +21,7 @@ VERBS = {
     "plot": ("dupmae.evaluation.plots", "plot the loss terms and accuracies of a pre-training run"),
     "mine": ("dupmae.retrieval.mine", "mine hard negatives for fine-tuning with BM25 (or a retriever model)"),
     "evaluate": ("dupmae.evaluation.evaluate", "score a TREC run against qrels (nDCG, MRR, recall, MAP, P)"),
+    "run": ("dupmae.pipeline.run", "the whole domain-adaptation pipeline on a BEIR collection, with a report"),
 }
 
 
