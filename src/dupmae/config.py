@@ -56,6 +56,15 @@ class PretrainingOptions:
         "BoW weight per distinct target token: 'per_token' = 1/n ordinary tokens (released code); 'sum' = 1 (paper).",
     )
     bow_loss_weight: float = _option(0.1, "Multiplier of the BoW loss in the total (released code 0.1; paper 1).")
+    lean_losses: bool = _option(
+        True, "Compute the BoW max-pool and the MLM/decoder cross-entropies a chunk of vocabulary logits at a "
+        "time, gradient routed to the arg-max position (same values, never the [B, L, V] logits); false = the "
+        "naive full-logits path, for comparison.",
+    )
+    loss_chunk_size: int = _option(
+        1024, "Rows of [rows, V] vocabulary logits computed at a time by the lean losses: the BoW max-pool takes "
+        "loss_chunk_size // batch positions of every sequence per step, the cross-entropies loss_chunk_size tokens.",
+    )
 
     def __post_init__(self) -> None:
         for name in ("encoder_mask_ratio", "decoder_mask_ratio", "mask_token_prob", "random_token_prob"):
@@ -70,6 +79,10 @@ class PretrainingOptions:
             raise ValueError("decoder_mask_pool_size must be >= 1")
         if self.bow_loss_weight < 0:
             raise ValueError("bow_loss_weight must be >= 0")
+        if not isinstance(self.lean_losses, bool):
+            raise ValueError(f"lean_losses must be true or false, got {self.lean_losses!r}")
+        if self.loss_chunk_size < 1:
+            raise ValueError("loss_chunk_size must be >= 1")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:

@@ -3,11 +3,13 @@
 The model returns *sums and counts* of every loss term rather than means, so
 that the trainer can normalise by counts gathered across all processes: with
 DDP the gradient then equals the gradient of a single process on the whole
-global batch (tested with 2 gloo processes).
+global batch (tested with 2 gloo processes). The vocabulary-sized logits are computed a chunk
+at a time unless `lean_losses` is off (`dupmae.modeling.lean_losses`).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,14 @@ from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 
 from dupmae.config import PretrainingOptions
 from dupmae.modeling.decoder import EnhancedDecoderLayer
-from dupmae.modeling.heads import embedding_module, mlm_head_name
+from dupmae.modeling.heads import (
+    SplitMLMHead,
+    embedding_module,
+    mlm_head_matches_split,
+    mlm_head_name,
+    split_mlm_head,
+)
+from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy
 from dupmae.modeling.persistence import WEIGHTS_FILE, deduplicated_state_dict, load_weights, save_weights
 
 OPTIONS_FILE = "dupmae_pretraining.json"
@@ -72,7 +81,10 @@ def bow_loss_per_sequence(
 
 
 def bow_pool(token_logits: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tensor:
-    """Max over the allowed positions: `[B, L, V]`, `[B, L]` bool -> `[B, V]`."""
+    """Max over the allowed positions: `[B, L, V]`, `[B, L]` bool -> `[B, V]`.
+
+    The naive path (`lean_losses=False`) and the reference of `chunked_max_pool_logits`, which
+    gives the same from the head-transformed states without the `[B, L, V]` logits."""
     return token_logits.masked_fill(~pool_mask[:, :, None], float("-inf")).max(dim=1).values
 
 
@@ -80,7 +92,9 @@ class DupMAEForPretraining(nn.Module):
     """An `AutoModelForMaskedLM` encoder plus the DupMAE decoder and losses.
 
     The MLM head is the encoder's own (shared by the encoder MLM, the decoder and the
-    BoW losses); the decoder is one fresh `EnhancedDecoderLayer`.
+    BoW losses); the decoder is one fresh `EnhancedDecoderLayer`. With `options.lean_losses`
+    the head is used split (`transform`, then the tied projection) so that the vocabulary logits
+    are only ever computed a chunk at a time (`dupmae.modeling.lean_losses`).
     """
 
     def __init__(self, encoder: PreTrainedModel, options: PretrainingOptions) -> None:
@@ -90,6 +104,7 @@ class DupMAEForPretraining(nn.Module):
         self._head_name = mlm_head_name(encoder)  # the head stays registered under the encoder only
         embedding_module(encoder)  # fail early on an unsupported architecture
         self.decoder = EnhancedDecoderLayer(encoder.config) if options.uses_decoder else None
+        self._head_splits: bool | None = None  # lean_losses: does the head split exactly? (checked once)
 
     @property
     def head(self) -> nn.Module:
@@ -98,6 +113,18 @@ class DupMAEForPretraining(nn.Module):
     @property
     def embeddings(self) -> nn.Module:
         return embedding_module(self.encoder)
+
+    def lean_head(self) -> SplitMLMHead | None:
+        """The head split for the lean losses, or None (option off, or a head that does not split)."""
+        if not self.options.lean_losses:
+            return None
+        split = split_mlm_head(self.head)
+        if self._head_splits is None:  # checked once: a numeric check costs a device sync
+            self._head_splits = split is not None and mlm_head_matches_split(self.head, split)
+            if not self._head_splits:
+                warnings.warn(f"the MLM head {type(self.head).__name__} does not split into transform + "
+                              "projection; using the naive full-logits losses (more memory)", stacklevel=2)
+        return split if self._head_splits else None
 
     # -- forward ------------------------------------------------------------------------------
     def forward(
@@ -109,28 +136,54 @@ class DupMAEForPretraining(nn.Module):
         ordinary_mask: torch.Tensor,
         decoder_attention_mask: torch.Tensor | None = None,
     ) -> PretrainingOutput:
-        """Shapes as produced by `PretrainingCollator` (B sequences, L positions, V vocabulary)."""
+        """Shapes as produced by `PretrainingCollator` (B sequences, L positions, V vocabulary).
+
+        `input_ids`, `attention_mask`, `original_input_ids`: `[B, L]`; `labels`: `[B, L]`, -100 at
+        unmasked positions; `ordinary_mask`: `[B, L]` bool; `decoder_attention_mask`: `[B, L, L]` bool.
+
+        With `lean_losses` (default) no `[B, L, V]` or `[T, V]` logits are kept: the head is split
+        into `transform` and the tied projection, the BoW max-pool runs over chunks of positions
+        (`chunked_max_pool_logits`) and the cross-entropies over chunks of rows
+        (`fused_linear_cross_entropy`); values and gradients equal the naive path's.
+        """
         options = self.options
         hidden = self.encoder.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, L, d]
         masked = labels != -100  # [B, L]
-        zero = hidden.new_zeros(())
-
-        if options.uses_bow:
-            token_logits = self.head(hidden)  # [B, L, V]: the BoW max-pool needs every position
-            encoder_logits = token_logits[masked]  # [M, V]
-            bow_sum, bow_count = self._bow(token_logits, attention_mask, ordinary_mask, masked, original_input_ids)
-        else:
-            encoder_logits = self.head(hidden[masked])  # [M, V]: only masked positions are scored
-            bow_sum, bow_count = zero, zero
         encoder_labels = labels[masked]  # [M]
-        encoder_sum = F.cross_entropy(encoder_logits.float(), encoder_labels, reduction="sum")
-        encoder_correct = (encoder_logits.argmax(-1) == encoder_labels).sum()
+        zero = hidden.new_zeros(())
+        head = self.lean_head()
+        bow_sum, bow_count = zero, zero
+
+        if head is None:  # naive: full logits
+            if options.uses_bow:
+                token_logits = self.head(hidden)  # [B, L, V]: the BoW max-pool needs every position
+                encoder_logits = token_logits[masked]  # [M, V]
+                pool_mask, has_position = self._pool_mask(attention_mask, ordinary_mask, masked)
+                pooled = bow_pool(token_logits, pool_mask)  # [B, V]
+                bow_sum, bow_count = self._bow(pooled, has_position, original_input_ids, ordinary_mask)
+            else:
+                encoder_logits = self.head(hidden[masked])  # [M, V]: only masked positions are scored
+            encoder_sum = F.cross_entropy(encoder_logits.float(), encoder_labels, reduction="sum")
+            encoder_correct = (encoder_logits.argmax(-1) == encoder_labels).sum()
+        else:  # lean: transformed states [.., d], logits only a chunk at a time
+            if options.uses_bow:
+                transformed = head.transform(hidden)  # [B, L, d]
+                encoder_states = transformed[masked]  # [M, d]
+                pool_mask, has_position = self._pool_mask(attention_mask, ordinary_mask, masked)
+                positions_per_chunk = max(1, options.loss_chunk_size // hidden.shape[0])
+                pooled = chunked_max_pool_logits(transformed, head.weight, head.bias, pool_mask,
+                                                 positions_per_chunk)  # [B, V]
+                bow_sum, bow_count = self._bow(pooled, has_position, original_input_ids, ordinary_mask)
+            else:
+                encoder_states = head.transform(hidden[masked])  # [M, d]
+            encoder_sum, encoder_correct = fused_linear_cross_entropy(
+                encoder_states, head.weight, head.bias, encoder_labels, options.loss_chunk_size)
 
         if options.uses_decoder:
             if decoder_attention_mask is None:
                 raise ValueError(f"objective {options.objective!r} needs decoder_attention_mask in the batch")
             decoder_sum, decoder_count, decoder_correct = self._decode(
-                hidden[:, 0], original_input_ids, ordinary_mask, decoder_attention_mask
+                hidden[:, 0], original_input_ids, ordinary_mask, decoder_attention_mask, head
             )
         else:
             decoder_sum, decoder_count, decoder_correct = zero, zero, zero
@@ -146,20 +199,28 @@ class DupMAEForPretraining(nn.Module):
             bow_count=bow_count,
         )
 
-    def _bow(self, token_logits, attention_mask, ordinary_mask, masked, original_input_ids):
+    def _pool_mask(self, attention_mask, ordinary_mask, masked):
+        """Positions the BoW max runs over: `[B, L]` bool, and `[B]` whether a sequence has any.
+
+        A sequence with none pools everywhere (finite values) but adds no loss (see `_bow`)."""
         pool_mask = attention_mask.bool().clone()  # [B, L]
         pool_mask[:, 0] = False  # positions 1..L-1: [CLS] is the dense side's, not the BoW side's
         if self.options.bow_pool_exclude_special:
             pool_mask &= ordinary_mask
         if self.options.bow_pool_exclude_masked:
             pool_mask &= ~masked
-        has_position = pool_mask.any(dim=1)  # [B]; a sequence with nothing to pool adds no BoW loss
-        pooled = bow_pool(token_logits, pool_mask | ~has_position[:, None])  # [B, V]
+        has_position = pool_mask.any(dim=1)  # [B]
+        return pool_mask | ~has_position[:, None], has_position
+
+    def _bow(self, pooled, has_position, original_input_ids, ordinary_mask):
+        """BoW loss sum and sequence count from the max-pooled logits `pooled` `[B, V]`."""
         per_sequence = bow_loss_per_sequence(pooled, original_input_ids, ordinary_mask, self.options.bow_loss_reduction)
         return (per_sequence * has_position).sum(), has_position.sum()
 
-    def _decode(self, sentence_embedding, original_input_ids, ordinary_mask, decoder_attention_mask):
-        """[CLS] reconstruction: `sentence_embedding` `[B, d]` -> (loss sum, token count, correct count)."""
+    def _decode(self, sentence_embedding, original_input_ids, ordinary_mask, decoder_attention_mask, head):
+        """[CLS] reconstruction: `sentence_embedding` `[B, d]` -> (loss sum, token count, correct count).
+
+        `head`: the split head for the lean cross-entropy, or None for the naive `[T, V]` logits."""
         batch, length = original_input_ids.shape
         embeddings = self.embeddings
         h = sentence_embedding[:, None, :]  # [B, 1, d]
@@ -171,10 +232,16 @@ class DupMAEForPretraining(nn.Module):
             query = h + embeddings.position_embeddings(positions)[None]  # h + p_i
         content = torch.cat([h, embeddings(input_ids=original_input_ids)[:, 1:]], dim=1)  # [B, L, d]
         decoded = self.decoder(query, content, decoder_attention_mask)  # [B, L, d]
-        logits = self.head(decoded[ordinary_mask])  # [T, V]: every ordinary token is reconstructed
-        targets = original_input_ids[ordinary_mask]  # [T]
-        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
-        return loss_sum, ordinary_mask.sum(), (logits.argmax(-1) == targets).sum()
+        targets = original_input_ids[ordinary_mask]  # [T]: every ordinary token is reconstructed
+        if head is None:
+            logits = self.head(decoded[ordinary_mask])  # [T, V]
+            loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+            correct = (logits.argmax(-1) == targets).sum()
+        else:
+            transformed = head.transform(decoded[ordinary_mask])  # [T, d]
+            loss_sum, correct = fused_linear_cross_entropy(transformed, head.weight, head.bias, targets,
+                                                           self.options.loss_chunk_size)
+        return loss_sum, ordinary_mask.sum(), correct
 
     # -- persistence ----------------------------------------------------------------------------
     def tie_weights(self) -> None:
