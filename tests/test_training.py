@@ -157,6 +157,20 @@ def test_resume_reaches_the_same_state_as_an_uninterrupted_run(setup, tmp_path):
     assert losses(straight) == losses(interrupted)
 
 
+def test_resuming_a_finished_run_takes_no_extra_step(setup, tmp_path):
+    output = tmp_path / "finished"
+    flags = base_flags(setup, output, steps=4)  # saves checkpoint-2 and checkpoint-4
+    pretrain(*parse_arguments(flags))
+    before, log_before = weights(output), read_log(output)
+    (output / "model.safetensors").unlink()  # as if interrupted after the last checkpoint, before the final save
+    pretrain(*parse_arguments([*flags, "--resume"]))
+    assert not (output / "checkpoint-5").exists()
+    assert read_log(output) == log_before
+    after = weights(output)
+    for name in before:
+        assert torch.equal(before[name], after[name]), name
+
+
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     single, double = tmp_path / "single", tmp_path / "double"

@@ -24,7 +24,7 @@ from dupmae.modeling.head_init import MISSING_HEAD_INITS
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
-from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume
+from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume, train_or_finish
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
                     "training": json.loads(training.to_json_string())}
         (output / "dupmae_finetune_config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train_or_finish(trainer, checkpoint)
     trainer.save_model(str(output))
     logger.info("fine-tuning took %.0f s", time.perf_counter() - started)
     return trainer

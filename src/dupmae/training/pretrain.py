@@ -33,6 +33,7 @@ from dupmae.training.trainer import (
     JsonlLogCallback,
     PretrainingTrainer,
     checkpoint_to_resume,
+    train_or_finish,
 )
 
 logger = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         resolved = {"run": dataclasses.asdict(run_args), "pretraining": options.to_dict(),
                     "training": json.loads(training_args.to_json_string()), "data_manifest": manifest}
         (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
-    trainer.train(resume_from_checkpoint=checkpoint)
+    train_or_finish(trainer, checkpoint)
     trainer.save_model(str(output_dir))
     return trainer
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from dupmae.modeling.pretraining import TERMS, combine_losses, local_counts
+from dupmae.modeling.persistence import load_weights
 from dupmae.training.distributed import all_reduce_sum, world_size
+
+logger = logging.getLogger(__name__)
 
 LOG_FILE = "train_log.jsonl"
 
@@ -112,3 +116,24 @@ def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
         kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
         log_path.write_text("".join(line + "\n" for line in kept))
     return checkpoint
+
+
+def train_or_finish(trainer, checkpoint: str | None) -> None:
+    """`trainer.train(resume_from_checkpoint=checkpoint)`, except when `checkpoint` already reached the
+    end of training: then its weights are loaded and no step is taken.
+
+    Why: transformers 5.x checks `global_step >= max_steps` only after a step, so resuming a finished
+    run trained one extra step (docs/bugs-and-fixes.md).
+    """
+    if checkpoint is not None:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        args = trainer.args
+        done = (state["global_step"] >= args.max_steps if args.max_steps > 0
+                else state["global_step"] >= state.get("max_steps", float("inf"))
+                and args.num_train_epochs <= state.get("num_train_epochs", 0))
+        if done:
+            logger.info("%s already finished training (step %d); not resuming", checkpoint, state["global_step"])
+            load_weights(trainer.model, checkpoint)
+            trainer.model.tie_weights()
+            return
+    trainer.train(resume_from_checkpoint=checkpoint)
