@@ -63,13 +63,16 @@ def write_manifest(output: Path, model: str, retriever, corpus_path: str, shards
                            "documents": documents},
                 "shards": shards}
     path = output / INDEX_MANIFEST
-    if path.is_file():
-        existing = json.loads(path.read_text())
-        if existing != manifest:
-            raise ValueError(f"{output} holds an index of another model, corpus or shard count "
-                             f"({path}); use a new --output")
-        return
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if not path.is_file():
+        # N shard processes may start at once: each writes its own temporary file and renames it
+        # into place (atomic), so a reader never sees half a manifest; they write the same content.
+        temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    existing = json.loads(path.read_text())
+    if existing != manifest:
+        raise ValueError(f"{output} holds an index of another model, corpus or shard count "
+                         f"({path}); use a new --output")
 
 
 def encode_corpus(model: str, corpus_path: str, output: str | Path, shard: tuple[int, int] = (0, 1),

@@ -2,8 +2,8 @@
 
     dupmae search --model DIR --index INDEX --queries queries.jsonl [--qrels F] --top-k 1000 --output run.trec
 
-Parts are scored one at a time and only the best `top_k` hits per query are kept, so memory stays
-`queries x (top_k + part size)` however large the corpus.
+Parts are scored one at a time (`dupmae.retrieval.index`) and only the best `top_k` hits per query
+are kept, so memory stays `queries x (top_k + part size)` however large the corpus.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from dupmae.retrieval.approximate import build_faiss_index, candidate_scores, concatenate
 from dupmae.retrieval.encode import INDEX_MANIFEST, index_parts, load_part
-from dupmae.retrieval.index import TopK, block_scores
+from dupmae.retrieval.index import HybridScorer, TopK
 
 
 def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: int = 1000,
@@ -52,15 +52,20 @@ def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: i
     return results
 
 
-def _exact(encoded, parts, top_k, exclude_self, show_progress):
-    best = TopK(len(encoded.ids), top_k)
+def search_blocks(encoded, blocks, top_k: int, exclude_self: bool = False) -> TopK:
+    """Exact hybrid scores of the queries `encoded` against every block of the iterable `blocks`
+    (loaded one at a time), keeping the best `top_k` per query."""
+    scorer, best = HybridScorer(encoded), TopK(len(encoded.ids), top_k)
     exclude = [{q} for q in encoded.ids] if exclude_self else None
-    seen = 0
-    for part in tqdm(parts, desc="searching", unit="part", disable=not show_progress):
-        block = load_part(part)
-        best.add(block_scores(encoded, block), block.ids, exclude=exclude)
-        seen += len(block.ids)
-    return best.results(encoded.ids), seen
+    for block in blocks:
+        best.add(scorer(block), block.ids, exclude=exclude)
+    return best
+
+
+def _exact(encoded, parts, top_k, exclude_self, show_progress):
+    blocks = (load_part(part) for part in tqdm(parts, desc="searching", unit="part", disable=not show_progress))
+    best = search_blocks(encoded, blocks, top_k, exclude_self)
+    return best.results(encoded.ids), best.seen
 
 
 def _approximate(encoded, parts, top_k, exclude_self, factory, candidates, threads):
