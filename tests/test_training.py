@@ -221,3 +221,15 @@ def test_data_from_another_tokenizer_is_refused(setup, tmp_path, bpe_dir, capsys
     prepare_corpus([str(corpus)], bpe_dir, str(data), max_length=32, num_proc=1)
     assert cli(["pretrain", "--model", setup["model"], "--data", str(data), "--output", str(tmp_path / "o")]) == 2
     assert "different vocabulary" in capsys.readouterr().err
+
+
+def test_activation_checkpointing_gives_the_same_training(setup, tmp_path):
+    plain, checkpointed = tmp_path / "plain", tmp_path / "checkpointed"
+    pretrain(*parse_arguments(base_flags(setup, plain, model_key="model_no_dropout", steps=2)))
+    # `--gradient-checkpointing` is the flag's name in every supported transformers 5.x (later an alias)
+    trainer = pretrain(*parse_arguments([*base_flags(setup, checkpointed, model_key="model_no_dropout", steps=2),
+                                         "--gradient-checkpointing", "true"]))
+    assert trainer.model.encoder.is_gradient_checkpointing
+    a, b = weights(plain), weights(checkpointed)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)

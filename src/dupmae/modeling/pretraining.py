@@ -19,6 +19,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 
 from dupmae.config import PretrainingOptions
+from dupmae.modeling.checkpointing import DelegatesCheckpointing
 from dupmae.modeling.decoder import EnhancedDecoderLayer
 from dupmae.modeling.heads import (
     SplitMLMHead,
@@ -88,7 +89,7 @@ def bow_pool(token_logits: torch.Tensor, pool_mask: torch.Tensor) -> torch.Tenso
     return token_logits.masked_fill(~pool_mask[:, :, None], float("-inf")).max(dim=1).values
 
 
-class DupMAEForPretraining(nn.Module):
+class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
     """An `AutoModelForMaskedLM` encoder plus the DupMAE decoder and losses.
 
     The MLM head is the encoder's own (shared by the encoder MLM, the decoder and the
@@ -105,6 +106,9 @@ class DupMAEForPretraining(nn.Module):
         embedding_module(encoder)  # fail early on an unsupported architecture
         self.decoder = EnhancedDecoderLayer(encoder.config) if options.uses_decoder else None
         self._head_splits: bool | None = None  # lean_losses: does the head split exactly? (checked once)
+
+    def checkpointed_model(self) -> PreTrainedModel:
+        return self.encoder
 
     @property
     def head(self) -> nn.Module:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
+from dupmae.modeling.checkpointing import DelegatesCheckpointing
 from dupmae.modeling.head_init import load_masked_lm
 from dupmae.modeling.heads import mlm_head_name
 from dupmae.modeling.persistence import deduplicated_state_dict, load_weights, save_weights
@@ -133,7 +134,7 @@ def score(queries: Representation, passages: Representation) -> torch.Tensor:
     return total
 
 
-class DupMAEEncoder(nn.Module):
+class DupMAEEncoder(DelegatesCheckpointing, nn.Module):
     """A masked-LM encoder (its head gives the vocabulary vector) plus the dense projection `W_cls`."""
 
     def __init__(self, model: PreTrainedModel, config: RepresentationConfig) -> None:
@@ -152,6 +153,9 @@ class DupMAEEncoder(nn.Module):
             nn.init.orthogonal_(self.dense_projection.weight)
             if self.dense_projection.bias is not None:
                 nn.init.zeros_(self.dense_projection.bias)
+
+    def checkpointed_model(self) -> PreTrainedModel:
+        return self.model
 
     @property
     def dense_dim(self) -> int:
