@@ -233,3 +233,18 @@ def test_activation_checkpointing_gives_the_same_training(setup, tmp_path):
     a, b = weights(plain), weights(checkpointed)
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_data_loader_workers_give_the_same_training_across_an_epoch_boundary(setup, tmp_path):
+    # Workers get a copy of the collator: the epoch it draws masks for must still reach them.
+    steps = -(-setup["sequences"] // 4) + 2
+    inline, workers = tmp_path / "inline", tmp_path / "workers"
+    pretrain(*parse_arguments(base_flags(setup, inline, steps=steps)))
+    pretrain(*parse_arguments([*base_flags(setup, workers, steps=steps), "--dataloader-num-workers", "2"]))
+    a, b = weights(inline), weights(workers)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+    with pytest.raises(ValueError, match="persistent_workers"):
+        pretrain(*parse_arguments([*base_flags(setup, tmp_path / "persistent", steps=steps), "--dataloader-num-workers",
+                                   "2", "--dataloader-persistent-workers", "true"]))

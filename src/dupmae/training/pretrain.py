@@ -99,8 +99,12 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
     An unknown flag or an invalid choice exits through argparse (usage + message, status 2);
     an inconsistent setting raises ValueError.
     """
-    return parse_with_config_file((RunArguments, PretrainingOptions, TrainingArguments), argv,
-                                  {**TRAINING_DEFAULTS, "use_cpu": not accelerator_available()}, "dupmae pretrain")
+    accelerator = accelerator_available()
+    # Data-loader workers keep a GPU fed; on a CPU they would take cores from the model (the collator
+    # costs milliseconds per batch), so none there.
+    defaults = {**TRAINING_DEFAULTS, "use_cpu": not accelerator, "dataloader_num_workers": 2 if accelerator else 0}
+    return parse_with_config_file((RunArguments, PretrainingOptions, TrainingArguments), argv, defaults,
+                                  "dupmae pretrain")
 
 
 def load_encoder(run_args: RunArguments, tokenizer):
@@ -135,6 +139,9 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     from dupmae.data.prepare import load_prepared
 
     output_dir = Path(training_args.output_dir)
+    if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
+        raise ValueError("dataloader_persistent_workers would keep the collator of the first epoch in the workers, "
+                         "so every epoch would repeat its masks; leave it false (workers restart each epoch)")
     checkpoint = checkpoint_to_resume(output_dir, run_args.resume)
 
     set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
