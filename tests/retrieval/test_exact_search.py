@@ -45,9 +45,9 @@ def test_hybrid_scores_equal_brute_force_across_query_chunks(index_dtype):
     rng = np.random.default_rng(0)
     queries = random_queries(rng, QUERY_CHUNK + 6)  # two chunks, the second padded to 16 columns
     documents = random_documents(rng, 23, index_dtype=index_dtype)
-    scores = HybridScorer(queries)(documents)
-    assert scores.shape == (QUERY_CHUNK + 6, 23)
-    np.testing.assert_allclose(scores.numpy(), brute_force(queries, documents), rtol=1e-5, atol=1e-5)
+    scores = HybridScorer(queries)(documents)  # [n, Q]
+    assert scores.shape == (23, QUERY_CHUNK + 6)
+    np.testing.assert_allclose(scores.numpy().T, brute_force(queries, documents), rtol=1e-5, atol=1e-5)
 
 
 def test_dense_only_and_sparse_only_representations():
@@ -55,9 +55,9 @@ def test_dense_only_and_sparse_only_representations():
     queries, documents = random_queries(rng, 5), random_documents(rng, 11)
     dense_only = QueryBlock(queries.ids, queries.dense, None)
     sparse_only = QueryBlock(queries.ids, None, queries.sparse)
-    np.testing.assert_allclose(HybridScorer(dense_only)(documents).numpy(),
+    np.testing.assert_allclose(HybridScorer(dense_only)(documents).numpy().T,
                                brute_force(queries, documents, sparse=False), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(HybridScorer(sparse_only)(documents).numpy(),
+    np.testing.assert_allclose(HybridScorer(sparse_only)(documents).numpy().T,
                                brute_force(queries, documents, dense=False), rtol=1e-5, atol=1e-5)
 
 
@@ -81,8 +81,8 @@ def test_running_top_k_over_many_blocks_equals_top_k_of_everything(monkeypatch):
 
     scorer, best = HybridScorer(queries), TopK(len(queries.ids), k)
     for block in blocks:
-        best.add(scorer(block), block.ids, exclude=exclude)
-        assert best.scores.shape[1] <= k and best.positions.shape[1] <= k  # never more than k per query
+        best.add_by_document(scorer(block), block.ids, exclude=exclude)
+        assert best.scores.shape == (4, best.capacity) and best.fill.max() <= best.capacity  # fixed buffers
     assert best.seen == sum(sizes)
     results = best.results(queries.ids)
     scores, positions = best.arrays()
@@ -92,6 +92,25 @@ def test_running_top_k_over_many_blocks_equals_top_k_of_everything(monkeypatch):
         np.testing.assert_allclose([s for _, s in results[query_id]], expected[q, top], rtol=1e-5)
         assert positions[q].tolist() == top.tolist()
         assert np.all(np.diff(scores[q]) <= 0)
+
+
+@pytest.mark.parametrize("trend", ["increasing", "decreasing", "shuffled"])
+def test_top_k_when_later_blocks_beat_every_earlier_hit(trend):
+    """Increasing scores: every block brings more candidates than the buffers hold (the block
+    top-k path); decreasing: none after the first; shuffled: the threshold path."""
+    rng = np.random.default_rng(4)
+    k, blocks, size = 3, 12, 300  # capacity k + 256 < size: an increasing block overflows it
+    columns = {"increasing": np.arange(blocks * size), "decreasing": np.arange(blocks * size)[::-1],
+               "shuffled": rng.permutation(blocks * size)}[trend]
+    everything = np.stack([columns * 1.0, -columns * 0.5]).astype(np.float32)  # [2, N]: two queries
+    ids = [f"d{i:05d}" for i in range(blocks * size)]
+    best = TopK(2, k)
+    for start in range(0, blocks * size, size):
+        best.add(everything[:, start : start + size], ids[start : start + size])
+    results = best.results(["up", "down"])
+    for q, query_id in enumerate(["up", "down"]):
+        top = np.argsort(-everything[q], kind="stable")[:k]
+        assert [doc for doc, _ in results[query_id]] == [ids[j] for j in top]
 
 
 def test_results_break_score_ties_by_document_id_and_drop_excluded_hits():
@@ -122,7 +141,8 @@ def test_search_holds_one_part_at_a_time_and_ids_only_of_parts_with_hits(monkeyp
 
     best = search_blocks(queries, lazily_loaded_parts(), top_k=k)
     assert most_alive <= 2  # the part being scored, and at most the previous one awaiting collection
-    assert best.scores.shape == (3, k) and best.seen == parts * part_size
+    assert best.arrays()[0].shape == (3, k) and best.scores.shape == (3, best.capacity)
+    assert best.seen == parts * part_size
     # id lists kept: at most one per hit, plus the parts added since the last pruning
     assert len(best._blocks) <= 3 * k + 100 // part_size + 1
     assert all(len(hits) == k for hits in best.results(queries.ids).values())

@@ -163,6 +163,6 @@ class Retriever:
         query_block = self.encode_queries([queries[q] for q in query_ids], query_ids)
         documents = self.encode_corpus([corpus[d] for d in doc_ids], doc_ids)
         best = TopK(len(query_ids), top_k)
-        best.add(HybridScorer(query_block)(documents), doc_ids,
+        best.add_by_document(HybridScorer(query_block)(documents), doc_ids,
                  exclude=[{q} for q in query_ids] if exclude_self else None)
         return best.results(query_ids)

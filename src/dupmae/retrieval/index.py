@@ -12,9 +12,10 @@ document scored (no approximation), in fp32:
   the kernel ran 2-3x faster that way than with all 300 queries at once (and ~10x faster than
   scipy's CSR product, which this replaced).
 
-`TopK` keeps the best `k` hits per query across blocks — `[Q, k]` scores and positions, plus the
-id lists of the blocks that still have a document among them — so memory does not grow with the
-number of blocks. Blocks whose scores cannot enter any query's top-k cost one comparison.
+`TopK` keeps the best `k` hits per query across blocks — `[Q, 2k]` buffers of scores and positions,
+plus the id lists of the blocks that still have a document among them — so memory does not grow
+with the number of blocks; once every query has k hits, a block costs one comparison with each
+query's threshold and a gather of the few entries above it (FAISS keeps heaps for the same job).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def _tensor(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
 
 
 class HybridScorer:
-    """Exact scores of a fixed set of queries against document blocks: `scorer(block)` -> `[Q, n]`
+    """Exact scores of a fixed set of queries against document blocks: `scorer(block)` -> `[n, Q]`
     float32 tensor. Built once per query set (the sparse query tables are laid out here)."""
 
     def __init__(self, queries: QueryBlock, query_chunk: int = QUERY_CHUNK) -> None:
@@ -65,19 +66,21 @@ class HybridScorer:
         self.dense = None if queries.dense is None else _tensor(queries.dense, torch.float32)  # [Q, D]
         self.tables = []  # (first query, queries in it, [V, c] table)
         if queries.sparse is not None:
-            transposed = _tensor(queries.sparse, torch.float32).T  # [V, Q]
+            sparse = _tensor(queries.sparse, torch.float32)  # [Q, V]
             for start in range(0, self.num_queries, query_chunk):
-                width = min(query_chunk, self.num_queries - start)
-                # rows of a multiple of 16 floats (whole 64-byte cache lines) ran ~15 % faster
-                table = torch.zeros(transposed.shape[0], -(-width // 16) * 16)
-                table[:, :width] = transposed[:, start : start + width]
-                self.tables.append((start, width, table))
+                rows = sparse[start : start + query_chunk]  # [c, V]
+                width = rows.shape[0]
+                padding = -width % 16  # rows of whole 64-byte cache lines ran ~15 % faster
+                if padding:
+                    rows = torch.cat([rows, rows.new_zeros(padding, rows.shape[1])])
+                self.tables.append((start, width, rows.T.contiguous()))  # [V, c]
 
     @torch.inference_mode()
     def __call__(self, documents: DocumentBlock) -> torch.Tensor:
+        """`[n, Q]` scores (documents x queries: the query matrix is the small operand oneDNN
+        packs, each sparse chunk adds contiguous row pieces, and `TopK.add_by_document` filters
+        this layout without a transpose)."""
         count = len(documents.ids)
-        # Computed as [n, Q] (documents x queries): the query matrix is the small operand oneDNN
-        # packs, and each sparse chunk adds contiguous row pieces; one transpose at the end.
         if self.dense is not None:
             scores = matmul_transposed(_tensor(documents.dense, torch.float32), self.dense)  # [n, Q]
         else:
@@ -89,21 +92,26 @@ class HybridScorer:
             for start, width, table in self.tables:
                 bag = F.embedding_bag(indices, table, per_sample_weights=values, mode="sum")  # [n, c]
                 scores[:, start : start + width] += bag[:, :width]
-        return scores.T.contiguous()  # [Q, n]
+        return scores  # [n, Q]
 
 
 def block_scores(queries: QueryBlock, documents: DocumentBlock) -> np.ndarray:
     """Exact scores `[Q, N]` (float32) of one block."""
-    return HybridScorer(queries)(documents).numpy()
+    return np.ascontiguousarray(HybridScorer(queries)(documents).numpy().T)
 
 
 class TopK:
     """Running best-`k` hits per query across blocks added in order.
 
-    Holds `[Q, k]` scores and global positions (unsorted until `arrays` / `results`) and the id
-    lists of the blocks that still have a document among the hits, never a whole score matrix.
-    `results` orders hits by score, then document id; which of several documents tied at the k-th
-    score is kept is unspecified.
+    Per query a buffer of `capacity` (score, global position) slots, and a threshold: the k-th
+    best score as of the last compaction, below which nothing can be among the top-k. A block adds
+    only its entries at or above the threshold — one comparison and a gather, no sort; a row whose
+    buffer would overflow is compacted (argpartition down to k, threshold raised). The first blocks,
+    or any bringing many candidates, append each row's top-k of the block by argpartition instead
+    (its k-th best raises the threshold).
+    Besides the buffers it keeps the id lists of the blocks that still have a document among the
+    hits, never a whole score matrix. `results` orders hits by score, then document id; which of
+    several documents tied at the k-th score is kept is unspecified.
     """
 
     prune_every = 100_000  # documents added between two prunings of the id lists (at least Q x k)
@@ -112,8 +120,11 @@ class TopK:
         if k < 1:
             raise ValueError(f"top-k must be >= 1, got {k}")
         self.k = k
-        self.scores = np.full((num_queries, 0), -np.inf, dtype=np.float32)  # [Q, <=k]
-        self.positions = np.zeros((num_queries, 0), dtype=np.int64)  # [Q, <=k]
+        self.capacity = k + max(2 * k, 256)
+        self.scores = np.full((num_queries, self.capacity), -np.inf, dtype=np.float32)  # [Q, capacity]
+        self.positions = np.full((num_queries, self.capacity), -1, dtype=np.int64)  # [Q, capacity]
+        self.fill = np.zeros(num_queries, dtype=np.int64)  # slots in use per query
+        self.threshold = np.full(num_queries, -np.inf, dtype=np.float32)  # k-th best at the last compaction
         self.seen = 0  # documents added so far
         self._blocks: dict[int, list[str]] = {}  # offset of a block -> its ids, while it holds hits
         self._added_since_pruning = 0
@@ -121,60 +132,117 @@ class TopK:
     def add(self, scores: np.ndarray | torch.Tensor, doc_ids: list[str], exclude: list[set[str]] | None = None) -> None:
         """`scores` `[Q, n]` for documents `doc_ids` (the next `n` documents); `exclude[q]` ids are
         dropped for query q."""
+        self.add_by_document(scores.T, doc_ids, exclude)
+
+    def add_by_document(self, scores: np.ndarray | torch.Tensor, doc_ids: list[str],
+                        exclude: list[set[str]] | None = None) -> None:
+        """Like `add`, with `scores` laid out `[n, Q]` (as `HybridScorer` computes them)."""
         scores = scores.numpy() if isinstance(scores, torch.Tensor) else np.asarray(scores, dtype=np.float32)
-        count = scores.shape[1]
+        count, num_queries = scores.shape
         if count != len(doc_ids):
-            raise ValueError(f"{count} score columns for {len(doc_ids)} documents")
+            raise ValueError(f"{count} score rows for {len(doc_ids)} documents")
         offset, self.seen = self.seen, self.seen + count
         if exclude is not None:
             position = {d: j for j, d in enumerate(doc_ids)}
-            pairs = [(q, position[d]) for q, excluded in enumerate(exclude) for d in excluded if d in position]
+            pairs = [(position[d], q) for q, excluded in enumerate(exclude) for d in excluded if d in position]
             if pairs:
                 scores = scores.copy()
                 rows, columns = zip(*pairs)
                 scores[list(rows), list(columns)] = -np.inf
-        take = min(self.k, count)
-        if self.scores.shape[1] == self.k and count:
-            # Only scores reaching a query's current k-th best can enter its top-k: select as many
-            # as the neediest query needs (after the first blocks, a few or none), not k.
-            threshold = self.scores.min(axis=1, keepdims=True)  # [Q, 1]
-            take = min(take, int((scores >= threshold).sum(axis=1).max()))
-        if take == 0:
+        if count == 0:
             return
-        columns = _top_columns(scores, take)  # [Q, take]
-        merged_scores = np.concatenate([self.scores, np.take_along_axis(scores, columns, 1)], axis=1)
-        merged_positions = np.concatenate([self.positions, columns + offset], axis=1)
-        if merged_scores.shape[1] > self.k:
-            keep = _top_columns(merged_scores, self.k)
-            merged_scores = np.take_along_axis(merged_scores, keep, 1)
-            merged_positions = np.take_along_axis(merged_positions, keep, 1)
-        self.scores, self.positions = merged_scores, merged_positions
+        flat = None
+        if self.fill.min() >= self.k:  # every query has k hits: filter by the thresholds
+            candidates = scores >= self.threshold  # [n, Q] entries that may enter a top-k
+            if np.count_nonzero(candidates) <= self.fill.size * self.k // 2:  # else (early blocks) select
+                flat = np.flatnonzero(candidates)
+        if flat is None:
+            self._add_block_top_k(scores, offset)
+        else:
+            documents, queries = np.divmod(flat, num_queries)
+            values = scores.reshape(-1)[flat]
+            counts = np.bincount(queries, minlength=num_queries)
+            overflow = np.flatnonzero(self.fill + counts > self.capacity)
+            if len(overflow):
+                self._compact(overflow)
+                keep = values >= self.threshold[queries]
+                documents, queries, values = documents[keep], queries[keep], values[keep]
+                counts = np.bincount(queries, minlength=num_queries)
+            if np.any(self.fill + counts > self.capacity):
+                self._add_block_top_k(scores, offset)
+            elif len(values):
+                order = np.argsort(queries.astype(np.int16 if num_queries < 2**15 else np.int64), kind="stable")  # radix
+                queries, documents, values = queries[order], documents[order], values[order]
+                first_of_query = np.cumsum(counts) - counts  # [Q]
+                slots = self.fill[queries] + np.arange(len(queries)) - first_of_query[queries]
+                self.scores[queries, slots] = values
+                self.positions[queries, slots] = documents + offset
+                self.fill += counts
+            else:
+                return
         self._blocks[offset] = list(doc_ids)
         self._added_since_pruning += count
-        if self._added_since_pruning >= max(self.scores.size, self.prune_every):  # ids held: O(Q x k), not O(N)
+        if self._added_since_pruning >= max(len(self.fill) * self.k, self.prune_every):  # ids: O(Q x k), not O(N)
             self._prune()
+
+    def _add_block_top_k(self, scores: np.ndarray, offset: int) -> None:
+        """Append each query's top-k of this block `[n, Q]`; the block's own k-th best is a lower
+        bound of the final k-th best, so it raises the threshold without a compaction."""
+        take = min(self.k, scores.shape[0])
+        self._compact(np.flatnonzero(self.fill + take > self.capacity))  # room for `take` more
+        by_query = np.ascontiguousarray(scores.T)  # [Q, n]
+        columns = _top_columns(by_query, take)  # [Q, take]
+        values = np.take_along_axis(by_query, columns, 1)
+        slots = self.fill[:, None] + np.arange(take)
+        rows = np.arange(len(self.fill))[:, None]
+        self.scores[rows, slots] = values
+        self.positions[rows, slots] = columns + offset
+        self.fill += take
+        if take == self.k:
+            np.maximum(self.threshold, values.min(axis=1), out=self.threshold)
+
+    def _compact(self, rows: np.ndarray) -> None:
+        """Keep the best k entries of the buffers `rows`; their threshold becomes their k-th best."""
+        rows = rows[self.fill[rows] >= self.k]
+        if not len(rows):
+            return
+        keep = _top_columns(self.scores[rows], self.k)  # [r, k]; empty slots are -inf, never above
+        kept_scores = np.take_along_axis(self.scores[rows], keep, 1)
+        kept_positions = np.take_along_axis(self.positions[rows], keep, 1)
+        self.scores[rows] = -np.inf
+        self.positions[rows] = -1
+        self.scores[rows, : self.k] = kept_scores
+        self.positions[rows, : self.k] = kept_positions
+        self.fill[rows] = self.k
+        self.threshold[rows] = np.maximum(self.threshold[rows], kept_scores.min(axis=1))
 
     def _prune(self) -> None:
         """Forget the id lists of blocks none of whose documents is among the hits any more."""
+        self._compact(np.flatnonzero(self.fill > self.k))
         offsets = np.array(sorted(self._blocks), dtype=np.int64)
-        used = np.unique(np.searchsorted(offsets, self.positions.ravel(), side="right") - 1)
+        held = self.positions[self.positions >= 0]
+        used = np.unique(np.searchsorted(offsets, held, side="right") - 1)
         self._blocks = {int(offsets[i]): self._blocks[int(offsets[i])] for i in used}
         self._added_since_pruning = 0
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, global positions), each `[Q, <=k]`, best first."""
-        order = np.argsort(-self.scores, axis=1, kind="stable")
+        """(scores, global positions), each `[Q, min(k, documents seen)]`, best first (-inf / -1
+        where a query has fewer hits)."""
+        self._compact(np.flatnonzero(self.fill > self.k))
+        width = min(self.k, self.seen)
+        order = np.argsort(-self.scores[:, : self.k], axis=1)[:, :width]  # ties: `results` orders them by id
         return np.take_along_axis(self.scores, order, 1), np.take_along_axis(self.positions, order, 1)
 
     def results(self, query_ids: list[str]) -> dict[str, list[tuple[str, float]]]:
         """{query id: [(doc id, score), ...]} best first, ties by document id; -inf hits left out."""
+        scores, positions = self.arrays()
         offsets = np.array(sorted(self._blocks), dtype=np.int64)
         out = {}
         for q, query_id in enumerate(query_ids):
-            finite = np.isfinite(self.scores[q])
-            positions, scores = self.positions[q][finite], self.scores[q][finite]
-            block = offsets[np.searchsorted(offsets, positions, side="right") - 1]
-            hits = [(self._blocks[int(b)][int(p - b)], float(s)) for b, p, s in zip(block, positions, scores)]
+            finite = np.isfinite(scores[q])
+            block = offsets[np.searchsorted(offsets, positions[q][finite], side="right") - 1]
+            hits = [(self._blocks[int(b)][int(p - b)], float(s))
+                    for b, p, s in zip(block, positions[q][finite], scores[q][finite])]
             out[query_id] = sorted(hits, key=lambda hit: (-hit[1], hit[0]))
         return out
 

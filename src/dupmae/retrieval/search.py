@@ -58,7 +58,7 @@ def search_blocks(encoded, blocks, top_k: int, exclude_self: bool = False) -> To
     scorer, best = HybridScorer(encoded), TopK(len(encoded.ids), top_k)
     exclude = [{q} for q in encoded.ids] if exclude_self else None
     for block in blocks:
-        best.add(scorer(block), block.ids, exclude=exclude)
+        best.add_by_document(scorer(block), block.ids, exclude=exclude)
     return best
 
 
