@@ -1,0 +1,36 @@
+"""Mean ± standard deviation over seeds of `dupmae run` results.
+
+    python scripts/aggregate_seeds.py runs/scifact-quick-seed*/results.json [--split test]
+
+Prints a Markdown table: one row per system, `mean ± std (n seeds)` per metric (sample std, n-1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results.json files of runs that differ only in their seed")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args(argv)
+    runs = [json.load(open(path)) for path in args.results]
+    metrics = runs[0]["metrics"]
+    print(f"| system ({args.split}, {len(runs)} seeds) | " + " | ".join(metrics) + " |")
+    print("|" + " --- |" * (len(metrics) + 1))
+    for system_id, system in runs[0]["systems"].items():
+        cells = []
+        for metric in metrics:
+            values = [run["systems"][system_id][args.split][metric] for run in runs if system_id in run["systems"]]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+        print(f"| {system['label']} | " + " | ".join(cells) + " |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
