@@ -193,10 +193,15 @@ class TopK:
         by_query = np.ascontiguousarray(scores.T)  # [Q, n]
         columns = _top_columns(by_query, take)  # [Q, take]
         values = np.take_along_axis(by_query, columns, 1)
-        slots = self.fill[:, None] + np.arange(take)
-        rows = np.arange(len(self.fill))[:, None]
-        self.scores[rows, slots] = values
-        self.positions[rows, slots] = columns + offset
+        first = int(self.fill[0])
+        if np.all(self.fill == first):  # the usual case: one slice, no fancy indexing
+            self.scores[:, first : first + take] = values
+            self.positions[:, first : first + take] = columns + offset
+        else:
+            slots = self.fill[:, None] + np.arange(take)
+            rows = np.arange(len(self.fill))[:, None]
+            self.scores[rows, slots] = values
+            self.positions[rows, slots] = columns + offset
         self.fill += take
         if take == self.k:
             np.maximum(self.threshold, values.min(axis=1), out=self.threshold)
