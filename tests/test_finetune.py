@@ -17,7 +17,7 @@ from dupmae.modeling.representation import DupMAEEncoder, Representation, Repres
 from dupmae.modeling.retriever import Retriever
 from dupmae.retrieval.index import DocumentBlock, QueryBlock, TopK, block_scores
 from dupmae.training.contrastive import contrastive_loss
-from tiny import free_port
+from tiny import run_two_gloo_processes
 
 HERE = Path(__file__).parent
 
@@ -127,8 +127,7 @@ def test_two_gloo_processes_give_the_gradient_of_one_process(tmp_path, wordpiece
     script = HERE / "helpers" / "finetune_gradients.py"
     subprocess.run([sys.executable, str(script), start, str(tmp_path / "beir"), str(tmp_path / "one.pt"), "4"],
                    check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                    str(script), start, str(tmp_path / "beir"), str(tmp_path / "two.pt"), "2"], check=True, env=env)
+    run_two_gloo_processes([str(script), start, str(tmp_path / "beir"), str(tmp_path / "two.pt"), "2"], env)
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
     assert one["loss"] == pytest.approx(two["loss"], rel=1e-5)
     assert one["grads"].keys() == two["grads"].keys()

@@ -12,7 +12,7 @@ import safetensors.torch
 import torch
 from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig, BertForMaskedLM, TrainerCallback
 
-from tiny import WORDS, free_port
+from tiny import WORDS, run_two_gloo_processes
 from dupmae.cli import main as cli
 from dupmae.data.prepare import prepare_corpus
 from dupmae.modeling.pretraining import DupMAEForPretraining
@@ -179,9 +179,8 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tm
               "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0"]
     subprocess.run([sys.executable, "-m", "dupmae.cli", "pretrain", *common, "--output", str(single),
                     "--per-device-train-batch-size", "4"], check=True, env=env)
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                    "-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
-                    "--per-device-train-batch-size", "2"], check=True, env=env)
+    run_two_gloo_processes(["-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
+                            "--per-device-train-batch-size", "2"], env, output=double)
     one = [r for r in read_log(single) if "loss_bow" in r]
     two = [r for r in read_log(double) if "loss_bow" in r]
     assert len(one) == len(two) == 3
