@@ -15,7 +15,8 @@ over all `T` ordinary tokens. Done naively, autograd keeps those logits (2 GB in
   forward pass chunk by chunk and only scaled in the backward pass.
 
 Both follow `torch.autocast`: the projection runs in the autocast dtype (as `nn.Linear` would
-under autocast); softmax and loss sums run in float32. `tests/test_lean_losses.py` checks values
+under autocast); loss sums run in float32, and the cross-entropy's softmax runs in float32
+inside one kernel whose output is rounded once to the compute dtype. `tests/test_lean_losses.py` checks values
 and gradients against the naive computations, and `gradcheck`s both functions in float64.
 """
 
@@ -40,15 +41,22 @@ def _autocast_dtype(device_type: str) -> torch.dtype | None:
         return None
 
 
-def _like_autocast(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], contextlib.AbstractContextManager]:
-    """Cast floating inputs as autocast would cast those of a `nn.Linear`, and a context that turns
-    autocast off inside the Function (its matmuls then run in exactly those dtypes)."""
+def _compute_dtype(*tensors: torch.Tensor) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
+    """The dtype autocast would run a `nn.Linear` of these inputs in (their promoted dtype when
+    autocast is off), and a context that turns autocast off inside the Function.
+
+    The Functions take the inputs as they are (float32 master weights) and cast inside their
+    forward: the weight is cast once per call and the gradients are returned in the inputs' own
+    dtypes, where letting autocast cast outside would add a cast of every gradient back
+    (`[V, d]` twice per call) to autograd's graph."""
     device_type = tensors[0].device.type
     dtype = _autocast_dtype(device_type)
-    if dtype is None:
-        return tensors, contextlib.nullcontext()
-    cast = tuple(t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t for t in tensors)
-    return cast, torch.autocast(device_type, enabled=False)
+    promoted = tensors[0].dtype
+    for tensor in tensors[1:]:
+        promoted = torch.promote_types(promoted, tensor.dtype)
+    if dtype is None or promoted == torch.float64:
+        return promoted, contextlib.nullcontext()
+    return dtype, torch.autocast(device_type, enabled=False)
 
 
 def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -61,13 +69,16 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 class _ChunkedMaxPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, transformed, weight, bias, pool_mask, chunk_size):
+    def forward(ctx, transformed, weight, bias, pool_mask, chunk_size, compute_dtype):
         batch, length, _ = transformed.shape
-        pooled = transformed.new_full((batch, weight.shape[0]), float("-inf"))  # [B, V]
+        states, low_weight, low_bias = (t.to(compute_dtype) for t in (transformed, weight, bias))
+        pooled = states.new_full((batch, weight.shape[0]), float("-inf"))  # [B, V]
         argmax = torch.zeros(pooled.shape, dtype=torch.long, device=pooled.device)  # [B, V] position of the max
         for start in range(0, length, chunk_size):
             stop = min(start + chunk_size, length)
-            logits = F.linear(transformed[:, start:stop], weight, bias)  # [B, C, V]: the only big tensor
+            chunk = states[:, start:stop].reshape(-1, states.shape[-1])  # [B*C, d]: 2-D, so one GEMM (a
+            # strided 3-D input can make F.linear broadcast the weight into a [B, d, V] batched product)
+            logits = F.linear(chunk, low_weight, low_bias).view(batch, stop - start, -1)  # [B, C, V]: the only big tensor
             logits.masked_fill_(~pool_mask[:, start:stop, None], float("-inf"))
             chunk_max, chunk_argmax = logits.max(dim=1)  # [B, V]
             del logits
@@ -76,6 +87,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
             argmax = torch.where(better, chunk_argmax + start, argmax)
         has_position = pool_mask.any(dim=1)  # [B]; a row with nothing to pool gets -inf and no gradient
         ctx.save_for_backward(transformed, weight, argmax, has_position)
+        ctx.bias_dtype = bias.dtype
         return pooled
 
     @staticmethod
@@ -83,11 +95,11 @@ class _ChunkedMaxPool(torch.autograd.Function):
     def backward(ctx, grad_pooled):
         transformed, weight, argmax, has_position = ctx.saved_tensors
         need_transformed, need_weight, need_bias = ctx.needs_input_grad[:3]
-        accumulate = _accumulation_dtype(transformed.dtype)
+        accumulate = _accumulation_dtype(grad_pooled.dtype)
         grad = grad_pooled.to(accumulate).masked_fill(~has_position[:, None], 0.0)  # [B, V]
         grad_transformed = grad_weight = grad_bias = None
         if need_bias:
-            grad_bias = grad.sum(dim=0).to(weight.dtype)  # [V]
+            grad_bias = grad.sum(dim=0).to(ctx.bias_dtype)  # [V]
         if need_transformed or need_weight:
             # The routing as a sparse matrix R [V, B*L] with one entry per (v, b):
             # R[v, b*L + argmax[b, v]] = dmu[b, v]; then dW = R @ x and dx = R^T @ W, O(B·V·d).
@@ -106,7 +118,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
             if need_transformed:
                 grad_flat = torch.sparse.mm(routing.t(), weight.to(accumulate))  # [B*L, d]
                 grad_transformed = grad_flat.view(batch, length, width).to(transformed.dtype)
-        return grad_transformed, grad_weight, grad_bias, None, None
+        return grad_transformed, grad_weight, grad_bias, None, None, None
 
 
 def chunked_max_pool_logits(transformed: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
@@ -123,9 +135,9 @@ def chunked_max_pool_logits(transformed: torch.Tensor, weight: torch.Tensor, bia
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    (transformed, weight, bias), autocast_off = _like_autocast(transformed, weight, bias)
+    compute_dtype, autocast_off = _compute_dtype(transformed, weight, bias)
     with autocast_off:
-        return _ChunkedMaxPool.apply(transformed, weight, bias, pool_mask.bool(), chunk_size)
+        return _ChunkedMaxPool.apply(transformed, weight, bias, pool_mask.bool(), chunk_size, compute_dtype)
 
 
 # -- cross-entropy through the vocabulary projection ----------------------------------------------
@@ -133,9 +145,11 @@ def chunked_max_pool_logits(transformed: torch.Tensor, weight: torch.Tensor, bia
 
 class _FusedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, targets, chunk_size, with_grad):
+    def forward(ctx, x, weight, bias, targets, chunk_size, with_grad, compute_dtype):
+        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
+        x, weight, bias = (t.to(compute_dtype) for t in (x, weight, bias))  # the weight: one cast per call
         rows = x.shape[0]
-        accumulate = _accumulation_dtype(x.dtype)
+        accumulate = _accumulation_dtype(compute_dtype)
         loss = torch.zeros((), dtype=accumulate, device=x.device)
         correct = torch.zeros((), dtype=torch.long, device=x.device)
         if with_grad:
@@ -145,25 +159,32 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         for start in range(0, rows, chunk_size):
             stop = min(start + chunk_size, rows)
             x_chunk, target = x[start:stop], targets[start:stop]  # [C, d], [C]
-            logits = F.linear(x_chunk, weight, bias).to(accumulate)  # [C, V]: the only big tensor
-            log_normaliser = torch.logsumexp(logits, dim=-1)  # [C]
-            loss += (log_normaliser - logits.gather(1, target[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(dim=-1) == target).sum()
-            if with_grad:
-                grad_logits = logits.sub_(log_normaliser[:, None]).exp_()  # [C, V] softmax, in place
-                grad_logits[torch.arange(stop - start, device=x.device), target] -= 1.0  # softmax - onehot
-                grad_bias += grad_logits.sum(dim=0)
-                grad_logits_low = grad_logits.to(weight.dtype)  # the projection's own dtype, as autograd would
-                grad_x[start:stop] = grad_logits_low @ weight  # [C, d]
-                if grad_logits_low.dtype == grad_weight.dtype:
-                    grad_weight.addmm_(grad_logits_low.T, x_chunk)  # [V, d], no temporary
-                else:
-                    grad_weight += grad_logits_low.T @ x_chunk  # [V, d] in the low dtype, summed in float32
+            logits = F.linear(x_chunk, weight, bias)  # [C, V] in the compute dtype: the only big tensors
+            row_max, predicted = logits.max(dim=-1)  # [C]
+            # One softmax pass in the compute dtype (float32 arithmetic inside, one rounding), not a cast
+            # to float32 followed by logsumexp, subtract and exp: each pass over [C, V] costs about as
+            # much as the matmul that made it. The log-normaliser comes from the arg-max's probability,
+            # log Z = max - log p_max, which never underflows (p_max >= 1/V); in bf16 p_max carries 8
+            # significant bits, so a row's loss is within 2^-8 of the float32 value (its gradient is
+            # the softmax rounded once to bf16, as autograd's cast would give).
+            probs = torch.softmax(logits, dim=-1)  # [C, V]
+            log_normaliser = row_max.to(accumulate) - probs.gather(1, predicted[:, None]).squeeze(1).to(accumulate).log()
+            loss += (log_normaliser - logits.gather(1, target[:, None]).squeeze(1).to(accumulate)).sum()
+            correct += (predicted == target).sum()
             del logits
+            if with_grad:
+                grad_logits = probs  # [C, V], becomes softmax - onehot in place
+                grad_logits[torch.arange(stop - start, device=x.device), target] -= 1.0
+                grad_bias += grad_logits.sum(dim=0)  # summed in the compute dtype, as autograd would
+                grad_x[start:stop] = grad_logits @ weight  # [C, d]
+                if grad_logits.dtype == grad_weight.dtype:
+                    grad_weight.addmm_(grad_logits.T, x_chunk)  # [V, d], no temporary
+                else:
+                    grad_weight += grad_logits.T @ x_chunk  # [V, d] in the low dtype, summed in float32
+            del probs
         if with_grad:
             ctx.save_for_backward(grad_x, grad_weight, grad_bias)
         ctx.with_grad = with_grad
-        ctx.dtypes = (x.dtype, weight.dtype, bias.dtype)
         ctx.mark_non_differentiable(correct)
         return loss, correct
 
@@ -176,7 +197,7 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
         scale = grad_loss.to(grad_x.dtype)
         x_dtype, weight_dtype, bias_dtype = ctx.dtypes
         return ((grad_x * scale).to(x_dtype), (grad_weight * scale).to(weight_dtype),
-                (grad_bias * scale).to(bias_dtype), None, None, None)
+                (grad_bias * scale).to(bias_dtype), None, None, None, None)
 
 
 def fused_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, targets: torch.Tensor,
@@ -197,6 +218,6 @@ def fused_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torc
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     with_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias))
-    (x, weight, bias), autocast_off = _like_autocast(x, weight, bias)
+    compute_dtype, autocast_off = _compute_dtype(x, weight, bias)
     with autocast_off:
-        return _FusedLinearCrossEntropy.apply(x, weight, bias, targets, chunk_size, with_grad)
+        return _FusedLinearCrossEntropy.apply(x, weight, bias, targets, chunk_size, with_grad, compute_dtype)
