@@ -162,13 +162,16 @@ def plan(env: Environment) -> Plan:
     if "dupmae" in config.systems:
         add(Stage("prepare", "DupMAE: tokenize the corpus",
                   {"tokenizer": env.model_fingerprint, "prepare": vars(config.prepare)}, ("data",), run_prepare))
-        add(Stage("pretrain", f"DupMAE: continued pre-training of {env.model_label} on the corpus, export",
+        # The ablation objectives (mlm, retromae, bow_only) run through the same stages; name them.
+        objective = str(config.pretrain.get("objective", "dupmae"))
+        method = "DupMAE" if objective == "dupmae" else f"objective {objective}"
+        add(Stage("pretrain", f"{method}: continued pre-training of {env.model_label} on the corpus, export",
                   {"model": env.model_fingerprint, "pretrain": config.pretrain, "seed": config.seed},
                   ("prepare",), run_pretrain))
         finetune_stages("dupmae-finetune", "pretrain", "the DupMAE export")
         for name in config.representations:
             baseline = f"ft-{name}" if "finetune" in config.systems else None
-            result.systems.append(System(f"dupmae-ft-{name}", f"DupMAE + fine-tuned ({name})", "dupmae",
+            result.systems.append(System(f"dupmae-ft-{name}", f"{method} + fine-tuned ({name})", "dupmae",
                                          f"eval-dupmae-finetune-{name}", representation=name,
                                          without_dupmae=baseline))
     return result

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The objective ablation of docs/results.md on SciFact (configs/scifact-ablation.yaml), one
+# `dupmae run` per (objective, seed) into one output folder, so shared stages are built once.
+#
+#   bash scripts/objective_ablation.sh [OUTPUT]          # default runs/ablation
+#   PHASES="main objectives seeds" bash scripts/objective_ablation.sh
+#
+# Phases, most informative first (each run's results.json is kept as results-<objective>-s<seed>.json):
+#   main        seed 42, objective dupmae, representations cls + dupmae (also: BM25, zero-shot, and
+#               the fine-tuning without continued pre-training = the "none" row)
+#   objectives  seed 42, objectives mlm, retromae, bow_only, representation cls
+#   seeds       seeds 1 and 2, objective dupmae vs none, representation cls
+#   objectives-dupmae-rep   seed 42, objectives mlm, retromae, bow_only, representation dupmae
+# Then: python scripts/ablation_table.py OUTPUT/results-*.json
+set -euo pipefail
+output=${1:-runs/ablation}
+phases=${PHASES:-main objectives seeds objectives-dupmae-rep}
+config=configs/scifact-ablation.yaml
+dupmae=${DUPMAE:-dupmae}
+
+run() {  # run OBJECTIVE SEED REPRESENTATIONS
+    local objective=$1 seed=$2 representations=$3
+    local kept="$output/results-$objective-s$seed-$(tr -d '[]' <<<"$representations" | tr ',' '+').json"
+    if [[ -f $kept ]]; then echo "== $kept exists, skipped"; return; fi
+    echo "== objective=$objective seed=$seed representations=$representations ($(date +%T))"
+    $dupmae run "$config" --output "$output" --set pretrain.objective="$objective" --set seed="$seed" \
+        --set representations="$representations"
+    cp "$output/results.json" "$kept"
+    cp "$output/report.md" "${kept%.json}.md"
+}
+
+for phase in $phases; do
+    case $phase in
+        main) run dupmae 42 "[cls,dupmae]" ;;
+        objectives) for objective in mlm retromae bow_only; do run "$objective" 42 "[cls]"; done ;;
+        seeds) for seed in 1 2; do run dupmae "$seed" "[cls]"; done ;;
+        objectives-dupmae-rep) for objective in mlm retromae bow_only; do run "$objective" 42 "[dupmae]"; done ;;
+        *) echo "unknown phase $phase" >&2; exit 2 ;;
+    esac
+done
