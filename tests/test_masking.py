@@ -8,6 +8,7 @@ from dupmae.data.masking import (
     apply_mlm_corruption,
     decoder_attention_mask,
     select_words,
+    select_words_in_order,
     word_lengths,
     words_to_tokens,
 )
@@ -162,13 +163,17 @@ def test_mlm_objective_builds_no_decoder_mask(wordpiece_tokenizer):
     assert "decoder_attention_mask" not in batch
 
 
-def test_row_argsort_equals_stable_argsort():
-    from dupmae.data.masking import row_argsort
+def test_select_words_in_order_follows_the_given_order():
+    lengths = torch.tensor([[1, 2, 1, 3], [2, 2, 0, 0]])
+    order = torch.tensor([[2, 0, 1, 3], [1, 0, 2, 3]])
+    # row 0: budget round(0.5 * 7) = 4; w2(1) w0(1) w1(2): cumsum 1, 2, 4 -> taken; w3 would make 7.
+    # row 1: budget 2; w1(2) taken, w0 would make 4; absent slots never.
+    assert select_words_in_order(order, lengths, 0.5).tolist() == [[True, True, True, False],
+                                                                   [False, True, False, False]]
 
-    generator = torch.Generator().manual_seed(3)
-    keys = torch.randn(64, 37, generator=generator) * 100
-    keys[0, :5] = float("inf")  # absent word slots
-    keys[1, :] = 0.5  # ties keep column order
-    keys[2, 3], keys[2, 4] = -0.0, 0.0
-    keys[3, :10] = torch.tensor([-1e-30, 1e-30, -3.0, 3.0, -float("inf"), 7.0, -7.0, 0.0, 2.0, -2.0])
-    assert torch.equal(row_argsort(keys), keys.argsort(dim=1, stable=True))
+
+def test_collator_word_orders_are_permutations_with_own_words_first():
+    from dupmae.data.collator import _orders
+
+    stacked = _orders([torch.tensor([[1, 0], [0, 1]]), torch.tensor([[2, 0, 1]])], 2, 4)
+    assert stacked.tolist() == [[[1, 0, 2, 3], [0, 1, 2, 3]], [[2, 0, 1, 3], [0, 1, 2, 3]]]

@@ -12,18 +12,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from dupmae.config import PretrainingOptions
-from dupmae.data.masking import apply_mlm_corruption, decoder_attention_mask, select_words, word_lengths
+from dupmae.data.masking import apply_mlm_corruption, decoder_attention_mask, select_words_in_order, word_lengths
 
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
+def _mixed_seed(seed: int, epoch: int, example_id: int) -> int:
+    return (seed * _MIX[0] + (epoch + 1) * _MIX[1] + (example_id + 1) * _MIX[2]) % (2**63 - 1)
+
+
 def example_generator(seed: int, epoch: int, example_id: int) -> torch.Generator:
     """A CPU generator whose stream depends only on (seed, epoch, example_id)."""
-    mixed = (seed * _MIX[0] + (epoch + 1) * _MIX[1] + (example_id + 1) * _MIX[2]) % (2**63 - 1)
-    return torch.Generator().manual_seed(mixed)
+    return torch.Generator().manual_seed(_mixed_seed(seed, epoch, example_id))
+
+
+def example_rng(seed: int, epoch: int, example_id: int) -> np.random.Generator:
+    """A NumPy generator whose stream depends only on (seed, epoch, example_id). The pre-training
+    collator draws with NumPy because `Generator.permuted` shuffles all rows of a mask pool in one
+    call (`torch.randperm` would take one call per row)."""
+    return np.random.default_rng(_mixed_seed(seed, epoch, example_id))
 
 
 def _pad(rows: list[torch.Tensor], length: int, value) -> torch.Tensor:
@@ -31,6 +42,16 @@ def _pad(rows: list[torch.Tensor], length: int, value) -> torch.Tensor:
     out = torch.full((len(rows), length), value, dtype=rows[0].dtype)
     for i, row in enumerate(rows):
         out[i, : row.shape[0]] = row
+    return out
+
+
+def _orders(orders: list[torch.Tensor], rows: int, num_words: int) -> torch.Tensor:
+    """Stack per-sequence word orders `[rows_i, words_i]` into `[B, rows, num_words]` permutations:
+    each sequence's absent word slots (`words_i..num_words-1`) follow its own words, and rows a
+    sequence does not have (never chosen) are the identity."""
+    out = torch.arange(num_words).expand(len(orders), rows, num_words).clone()  # [B, rows, W]
+    for i, order in enumerate(orders):  # a copy per sequence, not per row
+        out[i, : order.shape[0], : order.shape[1]] = order
     return out
 
 
@@ -70,8 +91,8 @@ class PretrainingCollator:
         lengths = word_lengths(word_ids, num_words)  # [B, W]
 
         # Encoder: whole words covering encoder_mask_ratio of the tokens, then 80/10/10.
-        encoder_words = select_words(_pad([d["encoder_scores"] for d in draws], num_words, 0.0), lengths,
-                                     self.options.encoder_mask_ratio)  # [B, W]
+        encoder_order = _orders([d["encoder_order"][None] for d in draws], 1, num_words)[:, 0]  # [B, W]
+        encoder_words = select_words_in_order(encoder_order, lengths, self.options.encoder_mask_ratio)  # [B, W]
         token_mask = encoder_words.gather(1, word_ids.clamp(min=0)) & (word_ids >= 0)  # [B, L]
         corrupted = apply_mlm_corruption(
             input_ids, token_mask,
@@ -92,28 +113,23 @@ class PretrainingCollator:
 
     def _draw(self, example: dict[str, Any], num_tokens: int, num_words: int) -> dict[str, torch.Tensor]:
         """All random numbers one example needs; their sizes depend on the example only."""
-        generator = example_generator(self.seed, self.epoch, int(example["example_id"]))
+        rng = example_rng(self.seed, self.epoch, int(example["example_id"]))
         draws = {
-            "encoder_scores": torch.rand(num_words, generator=generator),
-            "action_draws": torch.rand(num_tokens, generator=generator),
-            "random_tokens": torch.randint(self.vocab_size, (num_tokens,), generator=generator),
+            "encoder_order": rng.permutation(num_words),  # the order in which words are masked
+            "action_draws": rng.random(num_tokens, dtype=np.float32),
+            "random_tokens": rng.integers(self.vocab_size, size=num_tokens),
         }
         if self.options.uses_decoder:
             pool = min(num_tokens, self.options.decoder_mask_pool_size)
-            draws["pool_scores"] = torch.rand(pool, num_words, generator=generator)
-            draws["row_choice"] = torch.randint(pool, (num_tokens,), generator=generator)
+            draws["pool_orders"] = rng.permuted(np.broadcast_to(np.arange(num_words), (pool, num_words)), axis=1)
+            draws["row_choice"] = rng.integers(pool, size=num_tokens)
+        draws = {name: torch.from_numpy(values) for name, values in draws.items()}
         return draws
 
     def _decoder_mask(self, draws, word_ids, lengths, attention_mask) -> torch.Tensor:
         batch, num_words = lengths.shape
-        pool = max(d["pool_scores"].shape[0] for d in draws)
-        scores = torch.zeros(batch, pool, num_words)
-        for i, d in enumerate(draws):  # a copy per sequence, not per row
-            scores[i, : d["pool_scores"].shape[0], : d["pool_scores"].shape[1]] = d["pool_scores"]
-        pool_lengths = lengths[:, None, :].expand(batch, pool, num_words)
-        pool_words = select_words(
-            scores.reshape(batch * pool, num_words), pool_lengths.reshape(batch * pool, num_words),
-            self.options.decoder_mask_ratio,
-        ).view(batch, pool, num_words)
+        pool = max(d["pool_orders"].shape[0] for d in draws)
+        orders = _orders([d["pool_orders"] for d in draws], pool, num_words)  # [B, P, W]
+        pool_words = select_words_in_order(orders, lengths[:, None, :], self.options.decoder_mask_ratio)  # [B, P, W]
         row_choice = _pad([d["row_choice"] for d in draws], word_ids.shape[1], 0)
         return decoder_attention_mask(pool_words, row_choice, word_ids, attention_mask)
