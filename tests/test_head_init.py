@@ -57,3 +57,12 @@ def test_set_identity_transform_on_a_fresh_head():
     model = BertForMaskedLM(BertConfig(**SMALL))
     set_identity_transform(model.cls)
     assert torch.equal(model.cls.predictions.transform.dense.weight, torch.eye(16))
+
+
+def test_config_overrides_reach_the_built_model(tmp_path):
+    BertForMaskedLM(BertConfig(**SMALL, attention_probs_dropout_prob=0.1)).save_pretrained(tmp_path)
+    model = load_masked_lm(tmp_path, "identity", {"attention_probs_dropout_prob": 0.0})
+    assert model.config.attention_probs_dropout_prob == 0.0
+    assert model.bert.encoder.layer[0].attention.self.dropout.p == 0.0  # built with it, not patched after
+    with pytest.raises(ValueError, match="no setting 'attention_dropout_typo'"):
+        load_masked_lm(tmp_path, "identity", {"attention_dropout_typo": 0.0})

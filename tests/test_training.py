@@ -247,3 +247,16 @@ def test_data_loader_workers_give_the_same_training_across_an_epoch_boundary(set
     with pytest.raises(ValueError, match="persistent_workers"):
         pretrain(*parse_arguments([*base_flags(setup, tmp_path / "persistent", steps=steps), "--dataloader-num-workers",
                                    "2", "--dataloader-persistent-workers", "true"]))
+
+
+def test_attention_dropout_override_reaches_encoder_and_decoder(setup, tmp_path):
+    from dupmae.training.pretrain import load_encoder
+
+    run_args, options, _ = parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output",
+                                            str(tmp_path), "--attention-dropout", "0"])
+    tokenizer = AutoTokenizer.from_pretrained(setup["model"])
+    encoder = load_encoder(run_args, tokenizer)
+    assert encoder.config.attention_probs_dropout_prob == 0.0  # the saved model has 0.1
+    assert DupMAEForPretraining(encoder, options).decoder.attention_dropout == 0.0
+    with pytest.raises(ValueError, match="attention-dropout"):
+        parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output", "x", "--attention-dropout", "1.5"])

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import AutoModelForMaskedLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
 
 from dupmae.modeling.heads import mlm_head_name
 
@@ -51,11 +51,25 @@ def set_identity_transform(head: nn.Module) -> None:
             bias.zero_()
 
 
-def load_masked_lm(path: str | Path, missing_head_init: str = "identity") -> PreTrainedModel:
-    """`AutoModelForMaskedLM.from_pretrained(path)`, initialising a head the checkpoint lacks."""
+def override_config(config, overrides: dict, source: str):
+    """Set existing attributes of a model config; an attribute the architecture lacks is an error
+    (it would otherwise be stored and silently ignored by the model)."""
+    for name, value in overrides.items():
+        if not hasattr(config, name):
+            raise ValueError(f"{source}: the {config.model_type} config has no setting {name!r}")
+        setattr(config, name, value)
+    return config
+
+
+def load_masked_lm(path: str | Path, missing_head_init: str = "identity",
+                   config_overrides: dict | None = None) -> PreTrainedModel:
+    """`AutoModelForMaskedLM.from_pretrained(path)`, initialising a head the checkpoint lacks.
+
+    `config_overrides`: config attributes to change before the model is built (each must exist)."""
     if missing_head_init not in MISSING_HEAD_INITS:
         raise ValueError(f"missing_head_init must be one of {MISSING_HEAD_INITS}, got {missing_head_init!r}")
-    model, info = AutoModelForMaskedLM.from_pretrained(path, output_loading_info=True)
+    config = override_config(AutoConfig.from_pretrained(path), config_overrides or {}, str(path))
+    model, info = AutoModelForMaskedLM.from_pretrained(path, config=config, output_loading_info=True)
     head_name = mlm_head_name(model)
     dense, _ = head_transform_parts(getattr(model, head_name))
     dense_keys = {f"{head_name}.{name}" for name, parameter in getattr(model, head_name).named_parameters()

@@ -25,7 +25,7 @@ from transformers import (
 
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
-from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm
+from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
@@ -79,8 +79,15 @@ class RunArguments:
         "help": "How to start an MLM head transform --model lacks (e.g. all-MiniLM-L6-v2): identity (logits = "
                 "similarity to the word embeddings) or random (the library default).",
         "choices": list(MISSING_HEAD_INITS)})
+    attention_dropout: float | None = field(default=None, metadata={
+        "help": "Override the encoder's attention-probability dropout (BERT: 0.1; the decoder layer follows). "
+                "0 lets PyTorch run its fused flash attention on the CPU too, whose memory grows with L "
+                "instead of L^2 (with dropout the CPU materialises [B, heads, L, L] probabilities and masks; "
+                "GPUs run flash attention with dropout). Default: the model's own setting."})
 
     def __post_init__(self) -> None:
+        if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}")
         if not self.data:
             raise ValueError("--data is required: a folder written by `dupmae prepare`")
         if bool(self.model) == bool(self.model_config):
@@ -108,13 +115,15 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
 
 
 def load_encoder(run_args: RunArguments, tokenizer):
+    overrides = {} if run_args.attention_dropout is None else {"attention_probs_dropout_prob": run_args.attention_dropout}
     if run_args.model:
-        encoder = load_masked_lm(run_args.model, run_args.missing_head_init)
+        encoder = load_masked_lm(run_args.model, run_args.missing_head_init, overrides)
     else:
         values = json.loads(Path(run_args.model_config).read_text())
         if "model_type" not in values:
             raise ValueError(f"{run_args.model_config}: a config needs 'model_type' (e.g. \"bert\")")
-        encoder = AutoModelForMaskedLM.from_config(AutoConfig.for_model(**values))
+        config = override_config(AutoConfig.for_model(**values), overrides, run_args.model_config)
+        encoder = AutoModelForMaskedLM.from_config(config)
     if encoder.config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {encoder.config.vocab_size} < tokenizer size {len(tokenizer)}")
     return encoder
