@@ -59,11 +59,12 @@ def executed_matmul_flops(impl: str, size: str, length: int, batch: int, masked:
     return float(flops)
 
 
-def build(impl: str, size: str, tokenizer, seed: int = 0):
+def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: float = 0.1):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=30522, max_position_embeddings=512, **SIZES[size],
+                        attention_probs_dropout_prob=attention_dropout,
                         attn_implementation="sdpa" if impl == "ours" else "eager")
     encoder = BertForMaskedLM(config)
     if impl == "plain":
@@ -94,7 +95,7 @@ def worker(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     batch_size = args.batch or BATCH[(args.size, args.length)]
     examples = packed_examples(tokenizer, args.length, batch_size * (args.steps + 1))
-    model, collator, loss_of = build(args.impl, args.size, tokenizer)
+    model, collator, loss_of = build(args.impl, args.size, tokenizer, attention_dropout=args.attention_dropout)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     for parameter in model.parameters():  # allocate gradients and optimizer state before the baseline
@@ -128,6 +129,7 @@ def worker(args) -> dict:
     step_time = median(times)
     return {
         "impl": args.impl, "size": args.size, "length": args.length, "precision": args.precision, "batch": batch_size,
+        "attention_dropout": args.attention_dropout,
         "step_s": step_time, "collate_s": median(collate_times), "tokens_per_s": batch_size * args.length / step_time,
         "activation_mb": (peak - baseline) / 2**20, "baseline_mb": baseline / 2**20, "loss": float(loss.detach()),
         "matmul_gflop_per_s": flops / step_time / 1e9, "peak_gflop_per_s": matmul_peak_flops(dtype) / 1e9,
@@ -136,7 +138,8 @@ def worker(args) -> dict:
 
 def run_worker(impl, size, length, precision, args) -> dict:
     command = [sys.executable, __file__, "--worker", "--impl", impl, "--size", size, "--length", str(length),
-               "--precision", precision, "--steps", str(args.steps), "--threads", str(args.threads)]
+               "--precision", precision, "--steps", str(args.steps), "--threads", str(args.threads),
+               "--attention-dropout", str(args.attention_dropout)]
     if args.batch:
         command += ["--batch", str(args.batch)]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
@@ -155,6 +158,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="sequences per step (default: per size and length, see BATCH)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps after one warm-up step")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--attention-dropout", type=float, default=0.1,
+                        help="attention-probability dropout of both models (BERT: 0.1). With 0, PyTorch runs "
+                             "flash attention on the CPU (ours: SDPA); the plain eager attention still "
+                             "materialises [B, heads, L, L]")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")
     parser.add_argument("--configs", default="minilm:128,minilm:512,base:128,base:512",
                         help="comma-separated size:length pairs")
