@@ -20,3 +20,34 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| BM25 | 0.6800 ± 0.0000 |"
     assert lines[3] == "| DupMAE | 0.6000 ± 0.1000 |"  # sample std of 0.5, 0.7, 0.6
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _ablation_run(objective, seed, ft, dupmae, p):
+    return {"config": {"pretrain": {"objective": objective}, "seed": seed}, "metrics": ["ndcg@10"],
+            "systems": {"bm25": {"label": "BM25", "test": {"ndcg@10": 0.68}},
+                        "ft-cls": {"label": "ft", "representation": "cls", "test": {"ndcg@10": ft}},
+                        "dupmae-ft-cls": {"label": "x", "representation": "cls", "test": {"ndcg@10": dupmae}}},
+            "dupmae_vs_same_finetuning": {"test": {"dupmae-ft-cls": {"p_value": p}}}}
+
+
+def test_ablation_table_rows_per_objective_with_seeds(tmp_path, capsys):
+    module = _load("ablation_table")
+    runs = [_ablation_run("dupmae", 42, 0.60, 0.66, 0.01), _ablation_run("mlm", 42, 0.60, 0.62, 0.3),
+            _ablation_run("dupmae", 1, 0.64, 0.70, 0.02)]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        Path(paths[-1]).write_text(json.dumps(run))
+    assert module.main(paths) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| BM25 | — | 2 | 0.6800 ± 0.0000 |  |"
+    assert lines[3] == "| none | cls | 2 | 0.6200 ± 0.0283 |  |"  # seeds 42 and 1, counted once each
+    assert lines[4] == "| mlm | cls | 1 | 0.6200 | 0.300 |"
+    assert lines[5] == "| dupmae | cls | 2 | 0.6800 ± 0.0283 |  |"

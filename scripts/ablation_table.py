@@ -1,0 +1,79 @@
+"""The objective ablation table from `dupmae run` results (scripts/objective_ablation.sh).
+
+    python scripts/ablation_table.py runs/ablation/results-*.json [--split test]
+
+One row per (continued pre-training objective, fine-tuning representation): `none` is the model
+fine-tuned without continued pre-training (the `ft-R` systems), the others the `dupmae-ft-R`
+system of a run whose `pretrain.objective` was that objective. Values are `mean ± sample std (n)`
+over the seeds found; with one seed, the paired test against `none` (same seed, same fine-tuning)
+stored by the run is shown. BM25 and the zero-shot model head the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+OBJECTIVES = ("none", "mlm", "retromae", "bow_only", "dupmae")
+
+
+def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
+    """`{(objective, representation): {seed: metrics}}` and `{(objective, representation): p}` (one seed)."""
+    rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
+    p_values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        objective = run["config"]["pretrain"].get("objective", "dupmae")
+        seed = run["config"]["seed"]
+        for system_id, system in run["systems"].items():
+            representation = system.get("representation")
+            if system_id in ("bm25", "zero-shot"):
+                key = (system["label"], "")
+            elif system_id.startswith("dupmae-ft-"):
+                key = (objective, representation)
+                effect = run["dupmae_vs_same_finetuning"].get(split, {}).get(system_id)
+                if effect and effect.get("p_value") is not None:
+                    p_values[key].append(effect["p_value"])
+            elif system_id.startswith("ft-"):
+                key = ("none", representation)
+            else:
+                continue
+            rows[key][seed] = system[split]  # a system shared by several runs of one seed counts once
+    return rows, p_values
+
+
+def order(key: tuple[str, str]) -> tuple:
+    objective, representation = key
+    if not representation:  # baselines first
+        return (0, objective, "")
+    return (1, representation, OBJECTIVES.index(objective) if objective in OBJECTIVES else len(OBJECTIVES))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results.json files of the ablation runs")
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args(argv)
+    runs = [json.load(open(path)) for path in args.results]
+    metrics = runs[0]["metrics"]
+    rows, p_values = collect(runs, args.split)
+    print(f"| pre-training ({args.split}) | representation | seeds | " + " | ".join(metrics)
+          + f" | p vs none ({metrics[0]}, 1 seed) |")
+    print("|" + " --- |" * (len(metrics) + 4))
+    for key in sorted(rows, key=order):
+        by_seed = rows[key]
+        cells = []
+        for metric in metrics:
+            values = [by_seed[seed][metric] for seed in sorted(by_seed)]
+            spread = f" ± {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.mean(values):.4f}{spread}")
+        p = p_values.get(key, [])
+        p_cell = f"{p[0]:.3f}" if len(by_seed) == 1 and len(p) == 1 else ""
+        print(f"| {key[0]} | {key[1] or '—'} | {len(by_seed)} | " + " | ".join(cells) + f" | {p_cell} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
