@@ -8,7 +8,8 @@ that its peak memory is its own; the two implementations alternate.
 Reported per configuration (model size, sequence length L, precision):
 - tokens/s (median over the timed steps) and the ratio ours / plain at the same precision, and
   ours bf16 / plain fp32 (the user-facing figure);
-- activation memory: peak RSS minus RSS once model, gradients and optimizer state exist;
+- activation memory: peak RSS minus RSS once model, gradients and optimizer state exist, from a
+  separate fp32 run with glibc returning freed memory at once (never timed: see run_worker);
 - matmul FLOP/s actually executed by each implementation (every matmul counted, vocabulary
   projections included) as a share of this machine's square-matmul peak in the same dtype,
   measured in the same process.
@@ -136,13 +137,17 @@ def worker(args) -> dict:
     }
 
 
-def run_worker(impl, size, length, precision, args) -> dict:
+def run_worker(impl, size, length, precision, args, memory: bool = False) -> dict:
+    """One measurement in its own process. Speed runs with the allocator's defaults (what a user
+    gets); `memory` runs (1 timed step) make glibc return freed blocks at once, so that RSS after
+    the warm-up step is the live memory and the peak above it the step's activations — that setting
+    slows both implementations (every large temporary is page-faulted anew), so it is never timed."""
     command = [sys.executable, __file__, "--worker", "--impl", impl, "--size", size, "--length", str(length),
-               "--precision", precision, "--steps", str(args.steps), "--threads", str(args.threads),
+               "--precision", precision, "--steps", "1" if memory else str(args.steps), "--threads", str(args.threads),
                "--attention-dropout", str(args.attention_dropout)]
     if args.batch:
         command += ["--batch", str(args.batch)]
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **MALLOC_ENV})
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(MALLOC_ENV if memory else {})})
     if result.returncode:
         raise SystemExit(f"worker failed: {' '.join(command)}\n{result.stderr[-3000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -188,7 +193,11 @@ def main() -> None:
                 rows.append(measured[impl, precision])
                 print(f"  # {impl} {size} L={length} {precision}: {measured[impl, precision]['tokens_per_s']:.0f} tok/s",
                       file=sys.stderr, flush=True)
+        for impl in ("plain", "ours"):
+            measured[impl, "memory"] = run_worker(impl, size, length, "fp32", args, memory=True)
+            rows.append({**measured[impl, "memory"], "memory_run": True})
         o32, p32, o16, p16 = (measured[k] for k in (("ours", "fp32"), ("plain", "fp32"), ("ours", "bf16"), ("plain", "bf16")))
+        o_mem, p_mem = measured["ours", "memory"]["activation_mb"], measured["plain", "memory"]["activation_mb"]
 
         def mfu(m):
             return f"{100 * m['matmul_gflop_per_s'] / m['peak_gflop_per_s']:.0f} %"
@@ -196,7 +205,7 @@ def main() -> None:
         print(f"| {size} | {length} | {o32['batch']} | {o32['tokens_per_s']:.0f} | {p32['tokens_per_s']:.0f} "
               f"| {o32['tokens_per_s'] / p32['tokens_per_s']:.2f}x | {o16['tokens_per_s']:.0f} | {p16['tokens_per_s']:.0f} "
               f"| {o16['tokens_per_s'] / p16['tokens_per_s']:.2f}x | {o16['tokens_per_s'] / p32['tokens_per_s']:.2f}x "
-              f"| {o32['activation_mb']:.0f} / {p32['activation_mb']:.0f} | {p32['activation_mb'] / max(o32['activation_mb'], 1):.1f}x "
+              f"| {o_mem:.0f} / {p_mem:.0f} | {p_mem / max(o_mem, 1):.1f}x "
               f"| {mfu(o32)} / {mfu(o16)} | {mfu(p32)} / {mfu(p16)} |", flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(rows, indent=2) + "\n")
