@@ -324,3 +324,38 @@ def test_lean_loss_flags_and_config_keys_reach_the_model(tmp_path, wordpiece_tok
     lean = PretrainingOptions(loss_chunk_size=9)
     DupMAEForPretraining(tiny_encoder("bert", wordpiece_tokenizer), lean)(**batch)
     assert calls == [("pool", 9 // len(TEXTS)), ("ce", 9), ("ce", 9)]  # BoW, encoder MLM, decoder
+
+
+@pytest.mark.parametrize("activation", ["log1p_relu", "relu", "none"])
+def test_encoder_sparse_vector_without_full_logits_matches_naive(activation):
+    """DupMAEEncoder's sparse part through the chunked max-pool equals activate(max(Head(H))) over
+    the [B, L, V] logits, in values and in the gradients of every parameter."""
+    from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
+
+    torch.manual_seed(0)
+    model = BertForMaskedLM(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                                       attention_probs_dropout_prob=0.0))
+    encoder = DupMAEEncoder(model, RepresentationConfig(representation="sparse", sparse_activation=activation))
+    input_ids = torch.randint(5, 40, (3, 9))
+    attention_mask = torch.ones(3, 9, dtype=torch.long)
+    attention_mask[1, 6:] = 0
+
+    def run(lean: bool):
+        encoder._head_splits = None if lean else False  # False = the head is treated as not splittable
+        encoder.zero_grad()
+        sparse = encoder(input_ids, attention_mask).sparse  # [3, 40]
+        (sparse * torch.linspace(-1, 1, 40)).sum().backward()
+        return sparse.detach(), {n: p.grad.clone() for n, p in encoder.named_parameters() if p.grad is not None}
+
+    lean, lean_grads = run(True)
+    assert encoder._head_splits is True  # the lean path was taken
+    naive, naive_grads = run(False)
+    torch.testing.assert_close(lean, naive, rtol=1e-5, atol=1e-6)
+    hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    logits = model.cls(hidden)[:, 1:].masked_fill(~attention_mask.bool()[:, 1:, None], float("-inf")).amax(dim=1)
+    expected = {"relu": logits.relu(), "log1p_relu": logits.relu().log1p(), "none": logits}[activation]
+    torch.testing.assert_close(lean, expected.detach(), rtol=1e-5, atol=1e-6)  # by hand
+    assert lean_grads.keys() == naive_grads.keys()
+    for name, gradient in lean_grads.items():
+        torch.testing.assert_close(gradient, naive_grads[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -107,3 +107,14 @@ def mlm_head_matches_split(head: nn.Module, split: SplitMLMHead) -> bool:
     # float32 it still tells tanh-GELU from erf-GELU; in 16-bit it checks the structure only.)
     relative = 1e-6 if weight.dtype in (torch.float32, torch.float64) else 1e-2
     return bool((actual - expected).abs().max() <= relative * expected.abs().max())
+
+
+def split_if_exact(head: nn.Module, verdict: bool | None) -> tuple[SplitMLMHead | None, bool]:
+    """The split head when it reproduces `head` (`mlm_head_matches_split`), else None, and the
+    verdict for the caller to cache: the numeric check runs only while `verdict` is None (it costs
+    a device synchronisation)."""
+    split = split_mlm_head(head)
+    if verdict is None:
+        verdict = split is not None and mlm_head_matches_split(head, split)
+    return (split if verdict else None), verdict
+

@@ -24,9 +24,8 @@ from dupmae.modeling.decoder import EnhancedDecoderLayer
 from dupmae.modeling.heads import (
     SplitMLMHead,
     embedding_module,
-    mlm_head_matches_split,
     mlm_head_name,
-    split_mlm_head,
+    split_if_exact,
 )
 from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy
 from dupmae.modeling.persistence import WEIGHTS_FILE, deduplicated_state_dict, load_weights, save_weights
@@ -122,13 +121,12 @@ class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
         """The head split for the lean losses, or None (option off, or a head that does not split)."""
         if not self.options.lean_losses:
             return None
-        split = split_mlm_head(self.head)
-        if self._head_splits is None:  # checked once: a numeric check costs a device sync
-            self._head_splits = split is not None and mlm_head_matches_split(self.head, split)
-            if not self._head_splits:
-                warnings.warn(f"the MLM head {type(self.head).__name__} does not split into transform + "
-                              "projection; using the naive full-logits losses (more memory)", stacklevel=2)
-        return split if self._head_splits else None
+        first_check = self._head_splits is None
+        split, self._head_splits = split_if_exact(self.head, self._head_splits)
+        if first_check and split is None:
+            warnings.warn(f"the MLM head {type(self.head).__name__} does not split into transform + "
+                          "projection; using the naive full-logits losses (more memory)", stacklevel=2)
+        return split
 
     # -- forward ------------------------------------------------------------------------------
     def forward(

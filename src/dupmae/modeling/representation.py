@@ -24,7 +24,8 @@ from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTra
 
 from dupmae.modeling.checkpointing import DelegatesCheckpointing
 from dupmae.modeling.head_init import load_masked_lm
-from dupmae.modeling.heads import mlm_head_name
+from dupmae.modeling.heads import mlm_head_name, split_if_exact
+from dupmae.modeling.lean_losses import chunked_max_pool_logits
 from dupmae.modeling.persistence import deduplicated_state_dict, load_weights, save_weights
 
 CONFIG_FILE = "dupmae_representation.json"
@@ -142,6 +143,7 @@ class DupMAEEncoder(DelegatesCheckpointing, nn.Module):
         self.model = model
         self.representation = config  # not `config`: the HF Trainer expects that to be a PretrainedConfig
         self._head_name = mlm_head_name(model) if config.uses_sparse else None
+        self._head_splits: bool | None = None  # does the head split into transform + projection? (checked once)
         hidden = model.config.hidden_size
         self.dense_projection = (
             nn.Linear(hidden, config.dense_dim, bias=config.dense_bias)
@@ -187,13 +189,27 @@ class DupMAEEncoder(DelegatesCheckpointing, nn.Module):
             if self.representation.sparse_exclude_special and special_tokens_mask is not None:
                 pool &= ~special_tokens_mask.bool()
             pool[:, 0] |= ~pool.any(dim=1)  # an empty text still gets a (CLS-position) vector
-            logits = activate(getattr(self.model, self._head_name)(hidden), self.representation.sparse_activation)  # [B, L, V]
-            sparse = logits.float().masked_fill(~pool[:, :, None], float("-inf")).max(dim=1).values  # [B, V]
+            sparse = activate(self._max_pooled_logits(hidden, pool), self.representation.sparse_activation)  # [B, V]
             if top_k:
                 sparse = keep_top_k(sparse, top_k)
             if self.representation.sparse_weight != 1.0:
                 sparse = sparse * self.representation.sparse_weight ** 0.5  # both sides: w * (mu_q . mu_d)
         return Representation(dense=None if dense is None else dense.float(), sparse=sparse)
+
+    def _max_pooled_logits(self, hidden: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        """`max over pooled positions of Head(hidden)`: `[B, L, d]`, `[B, L]` bool -> `[B, V]` float32.
+
+        The activations (`relu`, `log1p_relu`, none) are non-decreasing, so activating the max equals
+        max-pooling the activated logits. A head that splits into transform + projection is pooled a
+        chunk of positions at a time (`chunked_max_pool_logits`, gradient to the arg-max) and never
+        builds `[B, L, V]` — 500 MB in float32 for 32 passages of 128 tokens, plus its gradient."""
+        head = getattr(self.model, self._head_name)
+        split, self._head_splits = split_if_exact(head, self._head_splits)
+        if split is None:
+            return head(hidden).float().masked_fill(~pool[:, :, None], float("-inf")).max(dim=1).values
+        positions_per_chunk = max(1, 1024 // hidden.shape[0])
+        return chunked_max_pool_logits(split.transform(hidden), split.weight, split.bias, pool,
+                                       positions_per_chunk).float()
 
     # -- persistence ------------------------------------------------------------------------------
     @property
