@@ -168,7 +168,7 @@ def plan(env: Environment) -> Plan:
         add(Stage("pretrain", f"{method}: continued pre-training of {env.model_label} on the corpus, export",
                   {"model": env.model_fingerprint, "pretrain": config.pretrain, "seed": config.seed},
                   ("prepare",), run_pretrain))
-        finetune_stages("dupmae-finetune", "pretrain", "the DupMAE export")
+        finetune_stages("dupmae-finetune", "pretrain", f"the {method} export")
         for name in config.representations:
             baseline = f"ft-{name}" if "finetune" in config.systems else None
             result.systems.append(System(f"dupmae-ft-{name}", f"{method} + fine-tuned ({name})", "dupmae",
