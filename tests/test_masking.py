@@ -7,7 +7,6 @@ from dupmae.data.collator import PretrainingCollator
 from dupmae.data.masking import (
     apply_mlm_corruption,
     decoder_attention_mask,
-    select_words,
     select_words_in_order,
     word_lengths,
     words_to_tokens,
@@ -20,6 +19,12 @@ ATTENTION = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
 
 def test_word_lengths():
     assert word_lengths(WORD_IDS, 4).tolist() == [[2, 1, 3, 0]]
+
+
+def select_words(scores, lengths, ratio):
+    """Words visited in ascending `scores` order (absent slots last), as random keys would give."""
+    order = scores.masked_fill(lengths == 0, float("inf")).argsort(dim=1, stable=True)
+    return select_words_in_order(order, lengths, ratio)
 
 
 def test_select_words_takes_random_order_within_token_budget():

@@ -22,22 +22,6 @@ def word_lengths(word_ids: torch.Tensor, num_words: int) -> torch.Tensor:
     return lengths.scatter_add_(1, word_ids.clamp(min=0), ordinary.long())
 
 
-def select_words(scores: torch.Tensor, lengths: torch.Tensor, ratio: float) -> torch.Tensor:
-    """Pick whole words in ascending `scores` order until `round(ratio * tokens)` tokens are covered.
-
-    `select_words_in_order` with the order given by sorting `scores` (absent slots last).
-
-    Args:
-        scores: `[N, W]` random keys, one per word slot (any real numbers).
-        lengths: `[N, W]` tokens per word; 0 marks an absent word slot.
-        ratio: share of the sequence's ordinary tokens to cover.
-    Returns:
-        `[N, W]` bool, True for selected words.
-    """
-    order = scores.masked_fill(lengths == 0, float("inf")).argsort(dim=1, stable=True)  # present words first
-    return select_words_in_order(order, lengths, ratio)
-
-
 def select_words_in_order(order: torch.Tensor, lengths: torch.Tensor, ratio: float) -> torch.Tensor:
     """Visit words in `order` and take them while the running token count stays within the budget
     `round(ratio * tokens)`; the first word is always taken (so every sequence with a word gets at
