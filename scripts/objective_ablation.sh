@@ -11,10 +11,13 @@
 #   objectives  seed 42, objectives mlm, retromae, bow_only, representation cls
 #   seeds       seeds 1 and 2, objective dupmae vs none, representation cls
 #   objectives-dupmae-rep   seed 42, objectives mlm, retromae, bow_only, representation dupmae
+#   sparse      seed 42, objective dupmae, representation sparse (the representation ablation's
+#               sparse-only row; cls and dupmae come from main)
+#   seeds-dupmae-rep        seeds 1 and 2, objective dupmae vs none, representation dupmae
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
-phases=${PHASES:-main objectives seeds objectives-dupmae-rep}
+phases=${PHASES:-main objectives seeds objectives-dupmae-rep sparse seeds-dupmae-rep}
 config=configs/scifact-ablation.yaml
 dupmae=${DUPMAE:-dupmae}
 
@@ -35,6 +38,8 @@ for phase in $phases; do
         objectives) for objective in mlm retromae bow_only; do run "$objective" 42 "[cls]"; done ;;
         seeds) for seed in 1 2; do run dupmae "$seed" "[cls]"; done ;;
         objectives-dupmae-rep) for objective in mlm retromae bow_only; do run "$objective" 42 "[dupmae]"; done ;;
+        sparse) run dupmae 42 "[sparse]" ;;
+        seeds-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]"; done ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done
