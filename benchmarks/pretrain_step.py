@@ -98,6 +98,10 @@ def worker(args) -> dict:
     examples = packed_examples(tokenizer, args.length, batch_size * (args.steps + 1))
     model, collator, loss_of = build(args.impl, args.size, tokenizer, attention_dropout=args.attention_dropout)
     model.train()
+    if args.compile:  # every transformer layer through torch.compile (inductor); the losses stay eager
+        for module in model.modules():
+            if type(module).__name__ in ("BertLayer", "EnhancedDecoderLayer", "PlainDecoderLayer"):
+                module.compile()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
     for parameter in model.parameters():  # allocate gradients and optimizer state before the baseline
         parameter.grad = torch.zeros_like(parameter)
@@ -147,6 +151,8 @@ def run_worker(impl, size, length, precision, args, memory: bool = False) -> dic
                "--attention-dropout", str(args.attention_dropout)]
     if args.batch:
         command += ["--batch", str(args.batch)]
+    if args.compile:
+        command.append("--compile")
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(MALLOC_ENV if memory else {})})
     if result.returncode:
         raise SystemExit(f"worker failed: {' '.join(command)}\n{result.stderr[-3000:]}")
@@ -167,6 +173,7 @@ def main() -> None:
                         help="attention-probability dropout of both models (BERT: 0.1). With 0, PyTorch runs "
                              "flash attention on the CPU (ours: SDPA); the plain eager attention still "
                              "materialises [B, heads, L, L]")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")
     parser.add_argument("--configs", default="minilm:128,minilm:512,base:128,base:512",
                         help="comma-separated size:length pairs")

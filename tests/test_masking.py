@@ -182,3 +182,24 @@ def test_collator_word_orders_are_permutations_with_own_words_first():
 
     stacked = _orders([torch.tensor([[1, 0], [0, 1]]), torch.tensor([[2, 0, 1]])], 2, 4)
     assert stacked.tolist() == [[[1, 0, 2, 3], [0, 1, 2, 3]], [[2, 0, 1, 3], [0, 1, 2, 3]]]
+
+
+def test_row_permutations_are_uniform_independent_permutations():
+    import itertools
+
+    import numpy as np
+
+    from dupmae.data.collator import row_permutations
+
+    rows = row_permutations(np.random.default_rng(0), 60000, 3)
+    assert rows.shape == (60000, 3) and rows.dtype == np.int64
+    assert (np.sort(rows, axis=1) == np.arange(3)).all()
+    # all 3! orders equally likely: each within 4 standard deviations of 10,000
+    counts = {p: int((rows == p).all(axis=1).sum()) for p in itertools.permutations(range(3))}
+    assert all(abs(c - 10000) < 4 * (60000 * (1 / 6) * (5 / 6)) ** 0.5 for c in counts.values()), counts
+    # the same generator state gives the same rows; long rows (64-bit keys) are permutations too
+    again = row_permutations(np.random.default_rng(0), 60000, 3)
+    assert (again == rows).all()
+    long_rows = row_permutations(np.random.default_rng(1), 4, 5000)
+    assert (np.sort(long_rows, axis=1) == np.arange(5000)).all() and (long_rows[0] != long_rows[1]).any()
+    assert row_permutations(np.random.default_rng(2), 3, 1).tolist() == [[0], [0], [0]]
