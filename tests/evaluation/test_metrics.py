@@ -121,3 +121,26 @@ def test_evaluate_verb_errors_are_one_line_with_exit_code_2(tmp_path, capsys):
     write_run(str(run), RUN, tag="t")
     assert dupmae(["evaluate", "--run", str(run), "--qrels", qrels, "--metrics", "ndcg@10,bogus"]) == 2
     assert "unknown metric 'bogus'" in capsys.readouterr().err
+
+
+def test_evaluate_verb_compares_with_a_baseline_run(tmp_path, capsys):
+    pytest.importorskip("scipy")
+    qrels = write_qrels(tmp_path / "qrels.tsv", QRELS)
+    run, baseline, output = str(tmp_path / "run.trec"), str(tmp_path / "base.trec"), tmp_path / "s.json"
+    write_run(run, RUN, tag="t")
+    # the baseline finds qB's d2 at rank 1 (nDCG@3 1 instead of 0.5) and nothing for qA
+    write_run(baseline, {"qA": {"d4": 1.0}, "qB": {"d2": 3.0, "d4": 2.0}}, tag="b")
+    code = dupmae(["evaluate", "--run", run, "--baseline", baseline, "--qrels", qrels, "--metrics", "ndcg@3",
+                   "--significance", "t-test", "--output", str(output)])  # fmt: skip
+    assert code == 0
+    summary = json.loads(output.read_text())
+    assert "per_query" not in summary and summary["metrics"]["ndcg@3"] == pytest.approx(NDCG_3)
+    assert summary["baseline"]["metrics"]["ndcg@3"] == pytest.approx(1 / 3)
+    test = summary["baseline"]["paired"]["ndcg@3"]
+    # per-query differences (qA, qB, qC) = (1, -0.5, 0): mean 1/6, sample sd sqrt(42/72), so
+    # t = (1/6) / (sd / sqrt 3) = 0.37796; with 2 degrees of freedom the two-sided p is 1 - t / sqrt(t^2 + 2)
+    t = (1 / 6) / (math.sqrt(42 / 72) / math.sqrt(3))
+    assert test["n"] == 3 and test["mean_difference"] == pytest.approx(1 / 6)
+    assert test["statistic"] == pytest.approx(t) and test["p_value"] == pytest.approx(1 - t / math.sqrt(t * t + 2))
+    printed = capsys.readouterr().out
+    assert re.search(r"ndcg@3\s+0\.5000\s+0\.3333\s+\+0\.1667\s+0\.7418", printed), printed
