@@ -60,7 +60,7 @@ def executed_matmul_flops(impl: str, size: str, length: int, batch: int, masked:
     return float(flops)
 
 
-def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: float = 0.1):
+def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: float = 0.1, lean_attention: bool = True):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
@@ -79,7 +79,12 @@ def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: flo
     from dupmae.modeling.pretraining import DupMAEForPretraining, combine_losses, local_counts
 
     options = PretrainingOptions()
+    if lean_attention:  # as `dupmae pretrain` does by default
+        from dupmae.modeling.lean_attention import use_lean_attention
+
+        assert use_lean_attention(encoder)
     model = DupMAEForPretraining(encoder, options)
+    model.decoder.lean_attention = lean_attention
     collator = PretrainingCollator(options, tokenizer.pad_token_id, tokenizer.mask_token_id, 30522)
 
     def loss(batch):
@@ -96,7 +101,8 @@ def worker(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     batch_size = args.batch or BATCH[(args.size, args.length)]
     examples = packed_examples(tokenizer, args.length, batch_size * (args.steps + 1))
-    model, collator, loss_of = build(args.impl, args.size, tokenizer, attention_dropout=args.attention_dropout)
+    model, collator, loss_of = build(args.impl, args.size, tokenizer, attention_dropout=args.attention_dropout,
+                                     lean_attention=not args.no_lean_attention)
     model.train()
     if args.compile:  # every transformer layer through torch.compile (inductor); the losses stay eager
         for module in model.modules():
@@ -153,6 +159,8 @@ def run_worker(impl, size, length, precision, args, memory: bool = False) -> dic
         command += ["--batch", str(args.batch)]
     if args.compile:
         command.append("--compile")
+    if args.no_lean_attention:
+        command.append("--no-lean-attention")
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(MALLOC_ENV if memory else {})})
     if result.returncode:
         raise SystemExit(f"worker failed: {' '.join(command)}\n{result.stderr[-3000:]}")
@@ -173,6 +181,8 @@ def main() -> None:
                         help="attention-probability dropout of both models (BERT: 0.1). With 0, PyTorch runs "
                              "flash attention on the CPU (ours: SDPA); the plain eager attention still "
                              "materialises [B, heads, L, L]")
+    parser.add_argument("--no-lean-attention", action="store_true",
+                        help="ours with PyTorch's SDPA also under dropout (the CPU math path), as before lean attention")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")
     parser.add_argument("--configs", default="minilm:128,minilm:512,base:128,base:512",

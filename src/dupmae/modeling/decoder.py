@@ -7,7 +7,8 @@ gets its own attention mask, so row `i` reconstructs token `i` from `h` and a
 random subset of the other tokens — never from itself.
 
 Written on `torch.nn.functional.scaled_dot_product_attention` so that the best
-attention kernel of the platform is used; no transformers internals.
+attention kernel of the platform is used (`lean_dropout_attention` on the CPU when training with
+attention dropout, where SDPA would materialise `[B, heads, L, L]`); no transformers internals.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import get_activation
+
+from dupmae.modeling.lean_attention import lean_dropout_attention
 
 
 class EnhancedDecoderLayer(nn.Module):
@@ -44,6 +47,7 @@ class EnhancedDecoderLayer(nn.Module):
         self.output_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.attention_dropout = float(getattr(config, "attention_probs_dropout_prob", 0.0))
         self.dropout = nn.Dropout(float(getattr(config, "hidden_dropout_prob", 0.0)))
+        self.lean_attention = True  # `dupmae pretrain --lean-attention`
         self._init_weights(float(getattr(config, "initializer_range", 0.02)))
 
     def _init_weights(self, std: float) -> None:
@@ -74,9 +78,10 @@ class EnhancedDecoderLayer(nn.Module):
         q = self._split_heads(self.query(query_stream))
         k = self._split_heads(self.key(content_stream))
         v = self._split_heads(self.value(content_stream))
-        attended = F.scaled_dot_product_attention(
+        attention = lean_dropout_attention if self.lean_attention else F.scaled_dot_product_attention
+        attended = attention(
             q, k, v,
-            attn_mask=attention_mask[:, None],  # [B, 1, L, L], broadcast over heads
+            attention_mask[:, None],  # [B, 1, L, L], broadcast over heads
             dropout_p=self.attention_dropout if self.training else 0.0,
         )  # [B, heads, L, head_dim]
         attended = attended.transpose(1, 2).reshape(batch, length, hidden)

@@ -26,6 +26,7 @@ from transformers import (
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
+from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
@@ -84,6 +85,11 @@ class RunArguments:
                 "0 lets PyTorch run its fused flash attention on the CPU too, whose memory grows with L "
                 "instead of L^2 (with dropout the CPU materialises [B, heads, L, L] probabilities and masks; "
                 "GPUs run flash attention with dropout). Default: the model's own setting."})
+    lean_attention: bool = field(default=True, metadata={
+        "help": "On the CPU, run attention with dropout block by block, keeping O(L) floats per query row plus "
+                "a 1-byte dropout mask for backward instead of the math path's [B, heads, L, L] tensors "
+                "(modeling/lean_attention.py; encoder and decoder). Elsewhere, and without dropout, attention "
+                "is PyTorch's SDPA either way."})
 
     def __post_init__(self) -> None:
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
@@ -126,6 +132,9 @@ def load_encoder(run_args: RunArguments, tokenizer):
         encoder = AutoModelForMaskedLM.from_config(config)
     if encoder.config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {encoder.config.vocab_size} < tokenizer size {len(tokenizer)}")
+    if run_args.lean_attention and not use_lean_attention(encoder):
+        logger.warning("%s cannot switch its attention implementation; --lean-attention applies to the decoder only",
+                       type(encoder).__name__)
     return encoder
 
 
@@ -161,6 +170,8 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     encoder = load_encoder(run_args, tokenizer)
     check_data(manifest, tokenizer, encoder)
     model = DupMAEForPretraining(encoder, options)
+    if model.decoder is not None:
+        model.decoder.lean_attention = run_args.lean_attention
 
     collator = PretrainingCollator(
         options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),
