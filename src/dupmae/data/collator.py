@@ -42,10 +42,10 @@ def row_permutations(rng: np.random.Generator, rows: int, n: int) -> np.ndarray:
 
     Each row sorts `n` random keys that carry their index in the low bits, so the sorted keys' low
     bits are the permutation: one draw of raw bits and one row-wise sort of uint32 (2.5x faster
-    than `Generator.permuted` at 128 rows x 100 words, which shuffles row by row). With 32-bit
-    keys at least 20 bits are random; two equal random parts (probability about n^2 / 2^21 per
-    row at n = 4096, 0.06 % at n = 100) keep their index order, a negligible bias. Longer rows use
-    64-bit keys.
+    than `Generator.permuted` at 128 rows x 100 words, which shuffles row by row). With 32-bit keys
+    at least 20 bits are random (12 index bits, n <= 4096); two words whose random parts are equal
+    (probability 2^-r for r random bits) keep index order, so the order of any two words is biased
+    by at most 2^-21 — negligible. Longer rows use 64-bit keys.
     """
     index_bits = max(1, (n - 1).bit_length())
     dtype = np.uint32 if index_bits <= 12 else np.uint64
