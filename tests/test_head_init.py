@@ -66,3 +66,22 @@ def test_config_overrides_reach_the_built_model(tmp_path):
     assert model.bert.encoder.layer[0].attention.self.dropout.p == 0.0  # built with it, not patched after
     with pytest.raises(ValueError, match="no setting 'attention_dropout_typo'"):
         load_masked_lm(tmp_path, "identity", {"attention_dropout_typo": 0.0})
+
+
+def test_missing_weights_outside_the_head_are_named_and_the_expected_head_gap_is_one_line(tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    BertModel(BertConfig(**SMALL)).save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        load_masked_lm(tmp_path, "identity")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path} has no MLM head transform; starting it as identity (missing_head_init)"]
+    weights = load_file(tmp_path / "model.safetensors")
+    missing = next(name for name in weights if "layer.0.output.dense.weight" in name)
+    save_file({k: v for k, v in weights.items() if k != missing}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_masked_lm(tmp_path, "identity")
+    outside = [r.getMessage() for r in caplog.records if "outside the MLM head" in r.getMessage()]
+    assert outside == [f"{tmp_path} lacks 1 weight(s) outside the MLM head, which start random: "
+                       "bert.encoder.layer.0.output.dense.weight"]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from dupmae.modeling.heads import mlm_head_name
 
@@ -69,8 +70,22 @@ def load_masked_lm(path: str | Path, missing_head_init: str = "identity",
     if missing_head_init not in MISSING_HEAD_INITS:
         raise ValueError(f"missing_head_init must be one of {MISSING_HEAD_INITS}, got {missing_head_init!r}")
     config = override_config(AutoConfig.from_pretrained(path), config_overrides or {}, str(path))
-    model, info = AutoModelForMaskedLM.from_pretrained(path, config=config, output_loading_info=True)
+    # transformers reports an encoder checkpoint without an MLM head (e.g. all-MiniLM-L6-v2) as
+    # "corrupted", with a load report of every missing key; the head is expected to be missing and is
+    # handled below, so its report is replaced by one line, and only other missing weights are listed.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = AutoModelForMaskedLM.from_pretrained(path, config=config, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     head_name = mlm_head_name(model)
+    outside_head = sorted(key for key in info["missing_keys"] if not key.startswith(head_name + "."))
+    if outside_head:
+        logger.warning("%s lacks %d weight(s) outside the MLM head, which start random: %s", path, len(outside_head),
+                       ", ".join(outside_head[:10]) + (" ..." if len(outside_head) > 10 else ""))
+    if info["unexpected_keys"]:
+        logger.info("%s: weights not used by %s: %s", path, type(model).__name__, ", ".join(sorted(info["unexpected_keys"])))
     dense, _ = head_transform_parts(getattr(model, head_name))
     dense_keys = {f"{head_name}.{name}" for name, parameter in getattr(model, head_name).named_parameters()
                   if parameter is dense.weight}
