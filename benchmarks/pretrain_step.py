@@ -79,12 +79,8 @@ def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: flo
     from dupmae.modeling.pretraining import DupMAEForPretraining, combine_losses, local_counts
 
     options = PretrainingOptions()
-    if lean_attention:  # as `dupmae pretrain` does by default
-        from dupmae.modeling.lean_attention import use_lean_attention
-
-        assert use_lean_attention(encoder)
     model = DupMAEForPretraining(encoder, options)
-    model.decoder.lean_attention = lean_attention
+    assert model.set_lean_attention(lean_attention)  # on by default, as in `dupmae pretrain`
     collator = PretrainingCollator(options, tokenizer.pad_token_id, tokenizer.mask_token_id, 30522)
 
     def loss(batch):

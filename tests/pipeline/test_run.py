@@ -28,7 +28,7 @@ from dupmae.pipeline.data import (
     unpack_collection,
 )
 from dupmae.pipeline.run import run_pipeline
-from dupmae.pipeline.significance import paired_t_test, paired_test, permutation_test
+from dupmae.evaluation.significance import paired_t_test, paired_test, permutation_test
 from test_finetune import tiny_encoder_dir
 from tiny import WORDS, free_port
 

@@ -52,7 +52,7 @@ def compare(summary: dict, baseline: dict, method: str = "auto") -> dict:
     every judged query (a query missing from a run scores 0). Returns `{"metrics": {name: mean},
     "paired": {name: PairedTest.as_dict()}}`; `mean_difference` is run minus baseline.
     """
-    from dupmae.pipeline.significance import paired_test
+    from dupmae.evaluation.significance import paired_test
 
     queries = sorted(summary["per_query"])
     paired = {}

@@ -27,6 +27,7 @@ from dupmae.modeling.heads import (
     mlm_head_name,
     split_if_exact,
 )
+from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy
 from dupmae.modeling.persistence import WEIGHTS_FILE, deduplicated_state_dict, load_weights, save_weights
 
@@ -105,6 +106,14 @@ class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
         embedding_module(encoder)  # fail early on an unsupported architecture
         self.decoder = EnhancedDecoderLayer(encoder.config) if options.uses_decoder else None
         self._head_splits: bool | None = None  # lean_losses: does the head split exactly? (checked once)
+
+    def set_lean_attention(self, enabled: bool = True) -> bool:
+        """Route the encoder's and the decoder's attention through `lean_dropout_attention` (CPU
+        training with dropout; SDPA elsewhere) or, with `enabled=False`, leave both on SDPA.
+        Returns False when the encoder's architecture cannot switch (the decoder still does)."""
+        if self.decoder is not None:
+            self.decoder.lean_attention = enabled
+        return not enabled or use_lean_attention(self.encoder)
 
     def checkpointed_model(self) -> PreTrainedModel:
         return self.encoder

@@ -2,7 +2,7 @@
 
 Every system's TREC runs (one per split, written by its stage) are evaluated here with
 `dupmae.evaluation.metrics.evaluate` (pytrec_eval; mean over all judged queries), so changing the
-metrics reruns no stage. Significance: `dupmae.pipeline.significance` over the per-query values of
+metrics reruns no stage. Significance: `dupmae.evaluation.significance` over the per-query values of
 the primary metric.
 The best baseline (per split) is the baseline system with the highest primary metric on that split —
 the strongest thing the other systems are compared with.
@@ -19,7 +19,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from dupmae.pipeline.significance import paired_test
+from dupmae.evaluation.significance import paired_test
 from dupmae.pipeline.stages import Environment, Finished, Plan, evaluation_splits
 
 logger = logging.getLogger(__name__)

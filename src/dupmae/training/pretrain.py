@@ -26,7 +26,6 @@ from transformers import (
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
-from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
@@ -132,9 +131,6 @@ def load_encoder(run_args: RunArguments, tokenizer):
         encoder = AutoModelForMaskedLM.from_config(config)
     if encoder.config.vocab_size < len(tokenizer):
         raise ValueError(f"model vocab_size {encoder.config.vocab_size} < tokenizer size {len(tokenizer)}")
-    if run_args.lean_attention and not use_lean_attention(encoder):
-        logger.warning("%s cannot switch its attention implementation; --lean-attention applies to the decoder only",
-                       type(encoder).__name__)
     return encoder
 
 
@@ -170,8 +166,9 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     encoder = load_encoder(run_args, tokenizer)
     check_data(manifest, tokenizer, encoder)
     model = DupMAEForPretraining(encoder, options)
-    if model.decoder is not None:
-        model.decoder.lean_attention = run_args.lean_attention
+    if not model.set_lean_attention(run_args.lean_attention):
+        logger.warning("%s cannot switch its attention implementation; --lean-attention applies to the decoder only",
+                       type(encoder).__name__)
 
     collator = PretrainingCollator(
         options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),
