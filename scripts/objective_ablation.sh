@@ -14,6 +14,8 @@
 #   sparse      seed 42, objective dupmae, representation sparse (the representation ablation's
 #               sparse-only row; cls and dupmae come from main)
 #   seeds-dupmae-rep        seeds 1 and 2, objective dupmae vs none, representation dupmae
+#   lr          seed 42, objective dupmae, representation cls, continued pre-training learning
+#               rates 1e-5 and 3e-5 (main used 1e-4; the choice is made on dev)
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -21,13 +23,19 @@ phases=${PHASES:-main objectives seeds objectives-dupmae-rep sparse seeds-dupmae
 config=configs/scifact-ablation.yaml
 dupmae=${DUPMAE:-dupmae}
 
-run() {  # run OBJECTIVE SEED REPRESENTATIONS
-    local objective=$1 seed=$2 representations=$3
-    local kept="$output/results-$objective-s$seed-$(tr -d '[]' <<<"$representations" | tr ',' '+').json"
+run() {  # run OBJECTIVE SEED REPRESENTATIONS [LEARNING_RATE]
+    local objective=$1 seed=$2 representations=$3 learning_rate=${4:-}
+    local name="$objective-s$seed-$(tr -d '[]' <<<"$representations" | tr ',' '+')"
+    local extra=()
+    if [[ -n $learning_rate ]]; then
+        name="$name-lr$learning_rate"
+        extra=(--set pretrain.learning_rate="$learning_rate")
+    fi
+    local kept="$output/results-$name.json"
     if [[ -f $kept ]]; then echo "== $kept exists, skipped"; return; fi
-    echo "== objective=$objective seed=$seed representations=$representations ($(date +%T))"
+    echo "== objective=$objective seed=$seed representations=$representations ${extra[*]} ($(date +%T))"
     $dupmae run "$config" --output "$output" --set pretrain.objective="$objective" --set seed="$seed" \
-        --set representations="$representations"
+        --set representations="$representations" "${extra[@]}"
     cp "$output/results.json" "$kept"
     cp "$output/report.md" "${kept%.json}.md"
 }
@@ -40,6 +48,7 @@ for phase in $phases; do
         objectives-dupmae-rep) for objective in mlm retromae bow_only; do run "$objective" 42 "[dupmae]"; done ;;
         sparse) run dupmae 42 "[sparse]" ;;
         seeds-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]"; done ;;
+        lr) for learning_rate in 1e-5 3e-5; do run dupmae 42 "[cls]" "$learning_rate"; done ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done
