@@ -6,7 +6,9 @@ One row per (continued pre-training objective, fine-tuning representation): `non
 fine-tuned without continued pre-training (the `ft-R` systems), the others the `dupmae-ft-R`
 system of a run whose `pretrain.objective` was that objective. Values are `mean ± sample std (n)`
 over the seeds found; with one seed, the paired test against `none` (same seed, same fine-tuning)
-stored by the run is shown. BM25 and the zero-shot model head the table.
+stored by the run is shown. BM25 and the zero-shot model head the table. When the runs differ in
+the continued pre-training's learning rate or the fine-tuning epochs (the `lr` and `epochs` phases),
+the rows name them.
 """
 
 from __future__ import annotations
@@ -20,10 +22,31 @@ from collections import defaultdict
 OBJECTIVES = ("none", "mlm", "retromae", "bow_only", "dupmae")
 
 
+VARIED = (("pretrain", "learning_rate", "lr {:g}"), ("finetune", "num_train_epochs", "fine-tuning epochs {:g}"))
+
+
+def setting(run: dict, section: str, key: str):
+    return run["config"].get(section, {}).get(key)
+
+
+def labeller(runs: list[dict]):
+    """`label(run, objective)`: the objective, plus the settings of VARIED that differ between runs
+    (the learning rate only for pre-trained rows: "none" has no pre-training)."""
+    varied = [(section, key, form) for section, key, form in VARIED
+              if len({json.dumps(setting(run, section, key)) for run in runs}) > 1]
+
+    def label(run: dict, objective: str) -> str:
+        parts = [form.format(setting(run, section, key)) for section, key, form in varied
+                 if objective != "none" or section != "pretrain"]
+        return ", ".join([objective, *parts])
+    return label
+
+
 def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
-    """`{(objective, representation): {seed: metrics}}` and `{(objective, representation): p}` (one seed)."""
+    """`{(label, representation): {seed: metrics}}` and `{(label, representation): p}` (one seed)."""
     rows: dict[tuple[str, str], dict[int, dict]] = defaultdict(dict)
     p_values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    label = labeller(runs)
     for run in runs:
         objective = run["config"]["pretrain"].get("objective", "dupmae")
         seed = run["config"]["seed"]
@@ -32,12 +55,12 @@ def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
             if system_id in ("bm25", "zero-shot"):
                 key = (system["label"], "")
             elif system_id.startswith("dupmae-ft-"):
-                key = (objective, representation)
+                key = (label(run, objective), representation)
                 effect = run["dupmae_vs_same_finetuning"].get(split, {}).get(system_id)
                 if effect and effect.get("p_value") is not None:
                     p_values[key].append(effect["p_value"])
             elif system_id.startswith("ft-"):
-                key = ("none", representation)
+                key = (label(run, "none"), representation)
             else:
                 continue
             rows[key][seed] = system[split]  # a system shared by several runs of one seed counts once
@@ -45,10 +68,11 @@ def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
 
 
 def order(key: tuple[str, str]) -> tuple:
-    objective, representation = key
+    label, representation = key
     if not representation:  # baselines first
-        return (0, objective, "")
-    return (1, representation, OBJECTIVES.index(objective) if objective in OBJECTIVES else len(OBJECTIVES))
+        return (0, label, 0, label)
+    objective = label.split(",")[0]
+    return (1, representation, OBJECTIVES.index(objective) if objective in OBJECTIVES else len(OBJECTIVES), label)
 
 
 def main(argv: list[str] | None = None) -> int:

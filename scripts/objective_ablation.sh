@@ -16,6 +16,8 @@
 #   seeds-dupmae-rep        seeds 1 and 2, objective dupmae vs none, representation dupmae
 #   lr          seed 42, objective dupmae, representation cls, continued pre-training learning
 #               rates 1e-5 and 3e-5 (main used 1e-4; the choice is made on dev)
+#   epochs      seed 42, objective dupmae vs none, representation cls, 4 fine-tuning epochs instead
+#               of 1 (the full config's recipe): does longer fine-tuning undo the drift?
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -23,14 +25,11 @@ phases=${PHASES:-main objectives seeds objectives-dupmae-rep sparse seeds-dupmae
 config=configs/scifact-ablation.yaml
 dupmae=${DUPMAE:-dupmae}
 
-run() {  # run OBJECTIVE SEED REPRESENTATIONS [LEARNING_RATE]
-    local objective=$1 seed=$2 representations=$3 learning_rate=${4:-}
-    local name="$objective-s$seed-$(tr -d '[]' <<<"$representations" | tr ',' '+')"
+run() {  # run OBJECTIVE SEED REPRESENTATIONS [NAME_SUFFIX KEY=VALUE...]: extra --set settings
+    local objective=$1 seed=$2 representations=$3 suffix=${4:-}
+    local name="$objective-s$seed-$(tr -d '[]' <<<"$representations" | tr ',' '+')${suffix:+-$suffix}"
     local extra=()
-    if [[ -n $learning_rate ]]; then
-        name="$name-lr$learning_rate"
-        extra=(--set pretrain.learning_rate="$learning_rate")
-    fi
+    for setting in "${@:5}"; do extra+=(--set "$setting"); done
     local kept="$output/results-$name.json"
     if [[ -f $kept ]]; then echo "== $kept exists, skipped"; return; fi
     echo "== objective=$objective seed=$seed representations=$representations ${extra[*]} ($(date +%T))"
@@ -48,7 +47,8 @@ for phase in $phases; do
         objectives-dupmae-rep) for objective in mlm retromae bow_only; do run "$objective" 42 "[dupmae]"; done ;;
         sparse) run dupmae 42 "[sparse]" ;;
         seeds-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]"; done ;;
-        lr) for learning_rate in 1e-5 3e-5; do run dupmae 42 "[cls]" "$learning_rate"; done ;;
+        lr) for rate in 1e-5 3e-5; do run dupmae 42 "[cls]" "lr$rate" pretrain.learning_rate="$rate"; done ;;
+        epochs) run dupmae 42 "[cls]" ep4 finetune.num_train_epochs=4 ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done

@@ -29,8 +29,9 @@ def _load(name):
     return module
 
 
-def _ablation_run(objective, seed, ft, dupmae, p):
-    return {"config": {"pretrain": {"objective": objective}, "seed": seed}, "metrics": ["ndcg@10"],
+def _ablation_run(objective, seed, ft, dupmae, p, learning_rate=1e-4, epochs=1):
+    return {"config": {"pretrain": {"objective": objective, "learning_rate": learning_rate},
+                       "finetune": {"num_train_epochs": epochs}, "seed": seed}, "metrics": ["ndcg@10"],
             "systems": {"bm25": {"label": "BM25", "test": {"ndcg@10": 0.68}},
                         "ft-cls": {"label": "ft", "representation": "cls", "test": {"ndcg@10": ft}},
                         "dupmae-ft-cls": {"label": "x", "representation": "cls", "test": {"ndcg@10": dupmae}}},
@@ -51,3 +52,22 @@ def test_ablation_table_rows_per_objective_with_seeds(tmp_path, capsys):
     assert lines[3] == "| none | cls | 2 | 0.6200 ± 0.0283 |  |"  # seeds 42 and 1, counted once each
     assert lines[4] == "| mlm | cls | 1 | 0.6200 | 0.300 |"
     assert lines[5] == "| dupmae | cls | 2 | 0.6800 ± 0.0283 |  |"
+
+
+def test_ablation_table_names_varied_learning_rates_and_epochs(tmp_path, capsys):
+    module = _load("ablation_table")
+    runs = [_ablation_run("dupmae", 42, 0.60, 0.66, 0.01), _ablation_run("dupmae", 42, 0.60, 0.64, 0.2, 1e-5),
+            _ablation_run("dupmae", 42, 0.70, 0.69, 0.5, epochs=4)]
+    paths = []
+    for i, run in enumerate(runs):
+        paths.append(str(tmp_path / f"r{i}.json"))
+        Path(paths[-1]).write_text(json.dumps(run))
+    assert module.main(paths) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3:] == [  # "none" is named by its fine-tuning only: it has no pre-training learning rate
+        "| none, fine-tuning epochs 1 | cls | 1 | 0.6000 |  |",
+        "| none, fine-tuning epochs 4 | cls | 1 | 0.7000 |  |",
+        "| dupmae, lr 0.0001, fine-tuning epochs 1 | cls | 1 | 0.6600 | 0.010 |",
+        "| dupmae, lr 0.0001, fine-tuning epochs 4 | cls | 1 | 0.6900 | 0.500 |",
+        "| dupmae, lr 1e-05, fine-tuning epochs 1 | cls | 1 | 0.6400 | 0.200 |",
+    ]
