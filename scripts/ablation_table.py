@@ -7,8 +7,8 @@ fine-tuned without continued pre-training (the `ft-R` systems), the others the `
 system of a run whose `pretrain.objective` was that objective. Values are `mean ± sample std (n)`
 over the seeds found; with one seed, the paired test against `none` (same seed, same fine-tuning)
 stored by the run is shown. BM25 and the zero-shot model head the table. When the runs differ in
-the continued pre-training's learning rate or the fine-tuning epochs (the `lr` and `epochs` phases),
-the rows name them.
+the continued pre-training's learning rate or frozen-encoder steps, or in the fine-tuning epochs (the
+`lr`, `freeze` and `epochs` phases), the rows name them.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from collections import defaultdict
 OBJECTIVES = ("none", "mlm", "retromae", "bow_only", "dupmae")
 
 
-VARIED = (("pretrain", "learning_rate", "lr {:g}"), ("finetune", "num_train_epochs", "fine-tuning epochs {:g}"))
+VARIED = (("pretrain", "learning_rate", "lr {:g}"), ("pretrain", "freeze_encoder_steps", "encoder frozen {:g} steps"),
+          ("finetune", "num_train_epochs", "fine-tuning epochs {:g}"))
+DEFAULTS = {"freeze_encoder_steps": 0}  # settings older runs did not record
 
 
 def setting(run: dict, section: str, key: str):
-    return run["config"].get(section, {}).get(key)
+    return run["config"].get(section, {}).get(key, DEFAULTS.get(key))
 
 
 def labeller(runs: list[dict]):

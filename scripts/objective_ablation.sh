@@ -18,6 +18,8 @@
 #               rates 1e-5 and 3e-5 (main used 1e-4; the choice is made on dev)
 #   epochs      seed 42, objective dupmae vs none, representation cls, 4 fine-tuning epochs instead
 #               of 1 (the full config's recipe): does longer fine-tuning undo the drift?
+#   freeze      seed 42, objective dupmae, representation cls, encoder frozen for the first 100 of
+#               the 250 steps (`--freeze-encoder-steps`: the head and decoder learn first)
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -49,6 +51,7 @@ for phase in $phases; do
         seeds-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]"; done ;;
         lr) for rate in 1e-5 3e-5; do run dupmae 42 "[cls]" "lr$rate" pretrain.learning_rate="$rate"; done ;;
         epochs) run dupmae 42 "[cls]" ep4 finetune.num_train_epochs=4 ;;
+        freeze) run dupmae 42 "[cls]" fz100 pretrain.freeze_encoder_steps=100 ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done

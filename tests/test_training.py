@@ -260,3 +260,54 @@ def test_attention_dropout_override_reaches_encoder_and_decoder(setup, tmp_path)
     assert DupMAEForPretraining(encoder, options).decoder.attention_dropout == 0.0
     with pytest.raises(ValueError, match="attention-dropout"):
         parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output", "x", "--attention-dropout", "1.5"])
+
+
+def test_freeze_encoder_steps_keep_the_encoder_then_release_it(setup, tmp_path):
+    output = tmp_path / "frozen"
+    pretrain(*parse_arguments([*base_flags(setup, output, steps=3), "--save-steps", "1", "--freeze-encoder-steps", "2"]))
+    start = {f"encoder.{name}": value for name, value in weights(Path(setup["model"])).items()}
+    step = {n: weights(output / f"checkpoint-{n}") for n in (1, 2, 3)}
+    body = [name for name in step[1] if name.startswith("encoder.bert.")]
+    trained = [name for name in step[1] if name.startswith(("encoder.cls.", "decoder."))]
+    assert body and trained
+    for name in body:  # steps 1-2: the encoder body (word embeddings, tied to the head, included) is untouched
+        assert torch.equal(step[1][name], start[name]) and torch.equal(step[2][name], start[name]), name
+    # meanwhile the head's transform and bias and the decoder train
+    assert all(not torch.equal(step[1][name], step[2][name]) for name in trained)
+    assert all(not torch.equal(step[3][name], start[name]) for name in body)  # step 3: the encoder trains again
+
+
+def test_freeze_encoder_callback_hides_the_encoder_from_clipping_and_the_optimizer():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from dupmae.training.trainer import FreezeEncoderCallback
+
+    torch.manual_seed(0)
+    encoder, head = torch.nn.Linear(3, 3), torch.nn.Linear(3, 2)
+    callback = FreezeEncoderCallback(encoder.parameters(), steps=1)
+    args, state, control = TrainingArguments(output_dir="unused", report_to="none"), TrainerState(), TrainerControl()
+    callback.on_step_begin(args, state, control)
+    head(encoder(torch.randn(4, 3))).square().sum().backward()
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in encoder.parameters())  # clipping sees zeros
+    assert all(p.grad.abs().sum() > 0 for p in head.parameters())
+    callback.on_pre_optimizer_step(args, state, control)
+    assert all(p.grad is None for p in encoder.parameters())  # AdamW skips them: no update, no decay
+    state.global_step = 1
+    callback.on_step_begin(args, state, control)  # released
+    encoder.zero_grad(), head.zero_grad()
+    head(encoder(torch.randn(4, 3))).square().sum().backward()
+    assert all(p.grad.abs().sum() > 0 for p in encoder.parameters())
+    callback.on_pre_optimizer_step(args, state, control)
+    assert all(p.grad is not None for p in encoder.parameters())
+
+
+def test_freeze_encoder_steps_resume_like_an_uninterrupted_run(setup, tmp_path):
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    extra = ["--freeze-encoder-steps", "3"]
+    pretrain(*parse_arguments([*base_flags(setup, straight, steps=4), *extra]))
+    flags = [*base_flags(setup, interrupted, steps=4), *extra]
+    pretrain(*parse_arguments(flags), callbacks=[StopAt(2)])
+    pretrain(*parse_arguments([*flags, "--resume"]))
+    a, b = weights(straight), weights(interrupted)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-6), name

@@ -30,6 +30,7 @@ from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
     CollatorEpochCallback,
+    FreezeEncoderCallback,
     JsonlLogCallback,
     PretrainingTrainer,
     checkpoint_to_resume,
@@ -89,8 +90,15 @@ class RunArguments:
                 "a 1-byte dropout mask for backward instead of the math path's [B, heads, L, L] tensors "
                 "(modeling/lean_attention.py; encoder and decoder). Elsewhere, and without dropout, attention "
                 "is PyTorch's SDPA either way."})
+    freeze_encoder_steps: int = field(default=0, metadata={
+        "help": "Train only the parts the encoder does not have yet — the MLM head's transform and bias and the "
+                "decoder layer — for the first N steps, keeping the encoder (and the word embeddings, tied to "
+                "the head's projection) unchanged. For starting models without a trained MLM head, such as "
+                "sentence encoders: their first gradients mostly fix the head, at the encoder's expense."})
 
     def __post_init__(self) -> None:
+        if self.freeze_encoder_steps < 0:
+            raise ValueError(f"--freeze-encoder-steps must be >= 0, got {self.freeze_encoder_steps}")
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"--attention-dropout must be in [0, 1), got {self.attention_dropout}")
         if not self.data:
@@ -182,6 +190,8 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
     )
+    if run_args.freeze_encoder_steps:
+        trainer.add_callback(FreezeEncoderCallback(encoder.base_model.parameters(), run_args.freeze_encoder_steps))
     check_world_size(training_args)
     global_batch = (training_args.per_device_train_batch_size * training_args.gradient_accumulation_steps
                     * training_args.world_size)

@@ -5,6 +5,7 @@
 - `log`: adds every loss term, the MLM accuracies and tokens/s to the logs (console,
   TensorBoard and `train_log.jsonl`).
 - `save_model`: writes the whole pre-training state (encoder, head, decoder, options) in safetensors.
+- `FreezeEncoderCallback`: `dupmae pretrain --freeze-encoder-steps N` (train the new parts first).
 """
 
 from __future__ import annotations
@@ -93,6 +94,44 @@ class CollatorEpochCallback(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.collator.epoch = int(state.epoch or 0)
+
+
+class FreezeEncoderCallback(TrainerCallback):
+    """Keep `parameters` (the encoder body) unchanged for the first `steps` optimizer steps.
+
+    For starting models without a trained MLM head (sentence encoders such as all-MiniLM-L6-v2): the
+    first gradients mostly fix the head and the fresh decoder, and would move the encoder to do it.
+    While frozen, a hook zeroes these parameters' gradients as they are computed — so gradient
+    clipping sees only the trainable parts, and DDP all-reduces zeros — and just before the
+    optimizer step they are dropped (`grad = None`), so AdamW neither updates nor decays them nor
+    counts a step for them. Decided per step from `state.global_step`, so a resumed run freezes
+    exactly the same steps.
+    """
+
+    def __init__(self, parameters, steps: int) -> None:
+        self.parameters, self.steps = list(parameters), steps
+        self.handles: list = []
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        frozen = state.global_step < self.steps
+        if frozen and not self.handles:
+            self.handles = [p.register_hook(torch.zeros_like) for p in self.parameters if p.requires_grad]
+        elif not frozen and self.handles:
+            self._release()
+            logger.info("encoder unfrozen after %d steps", self.steps)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.handles:
+            for parameter in self.parameters:
+                parameter.grad = None
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._release()
+
+    def _release(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
 
 
 def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
