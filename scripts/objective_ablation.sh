@@ -20,6 +20,7 @@
 #               of 1 (the full config's recipe): does longer fine-tuning undo the drift?
 #   freeze      seed 42, objective dupmae, representation cls, encoder frozen for the first 100 of
 #               the 250 steps (`--freeze-encoder-steps`: the head and decoder learn first)
+#   seeds-lr, seeds-freeze  seeds 1 and 2 of the lr 1e-5 / freeze rows
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -52,6 +53,8 @@ for phase in $phases; do
         lr) for rate in 1e-5 3e-5; do run dupmae 42 "[cls]" "lr$rate" pretrain.learning_rate="$rate"; done ;;
         epochs) run dupmae 42 "[cls]" ep4 finetune.num_train_epochs=4 ;;
         freeze) run dupmae 42 "[cls]" fz100 pretrain.freeze_encoder_steps=100 ;;
+        seeds-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5 pretrain.learning_rate=1e-5; done ;;
+        seeds-freeze) for seed in 1 2; do run dupmae "$seed" "[cls]" fz100 pretrain.freeze_encoder_steps=100; done ;;
         *) echo "unknown phase $phase" >&2; exit 2 ;;
     esac
 done
