@@ -21,7 +21,7 @@
 #   freeze      seed 42, objective dupmae, representation cls, encoder frozen for the first 100 of
 #               the 250 steps (`--freeze-encoder-steps`: the head and decoder learn first)
 #   seeds-lr, seeds-freeze  seeds 1 and 2 of the lr 1e-5 / freeze rows
-#   seeds-epochs            seeds 1 and 2 of the epochs row
+#   seeds-epochs, seeds-epochs-lr  seeds 1 and 2 of the epochs / epochs-lr rows
 #   epochs-lr, epochs-freeze  the lr 1e-5 / freeze rows with 4 fine-tuning epochs
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
@@ -56,6 +56,7 @@ for phase in $phases; do
         epochs) run dupmae 42 "[cls]" ep4 finetune.num_train_epochs=4 ;;
         freeze) run dupmae 42 "[cls]" fz100 pretrain.freeze_encoder_steps=100 ;;
         seeds-epochs) for seed in 1 2; do run dupmae "$seed" "[cls]" ep4 finetune.num_train_epochs=4; done ;;
+        seeds-epochs-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4; done ;;
         epochs-lr) run dupmae 42 "[cls]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 ;;
         epochs-freeze) run dupmae 42 "[cls]" fz100-ep4 pretrain.freeze_encoder_steps=100 finetune.num_train_epochs=4 ;;
         seeds-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5 pretrain.learning_rate=1e-5; done ;;
