@@ -38,15 +38,18 @@ def _ablation_run(objective, seed, ft, dupmae, p, learning_rate=1e-4, epochs=1):
             "dupmae_vs_same_finetuning": {"test": {"dupmae-ft-cls": {"p_value": p}}}}
 
 
+def _write_runs(folder, runs) -> list[str]:
+    paths = [folder / f"r{i}.json" for i in range(len(runs))]
+    for path, run in zip(paths, runs):
+        path.write_text(json.dumps(run))
+    return [str(path) for path in paths]
+
+
 def test_ablation_table_rows_per_objective_with_seeds(tmp_path, capsys):
     module = _load("ablation_table")
     runs = [_ablation_run("dupmae", 42, 0.60, 0.66, 0.01), _ablation_run("mlm", 42, 0.60, 0.62, 0.3),
             _ablation_run("dupmae", 1, 0.64, 0.70, 0.02)]
-    paths = []
-    for i, run in enumerate(runs):
-        paths.append(str(tmp_path / f"r{i}.json"))
-        Path(paths[-1]).write_text(json.dumps(run))
-    assert module.main(paths) == 0
+    assert module.main(_write_runs(tmp_path, runs)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| BM25 | — | 2 | 0.6800 ± 0.0000 |  |"
     assert lines[3] == "| none | cls | 2 | 0.6200 ± 0.0283 |  |"  # seeds 42 and 1, counted once each
@@ -58,11 +61,7 @@ def test_ablation_table_names_varied_learning_rates_and_epochs(tmp_path, capsys)
     module = _load("ablation_table")
     runs = [_ablation_run("dupmae", 42, 0.60, 0.66, 0.01), _ablation_run("dupmae", 42, 0.60, 0.64, 0.2, 1e-5),
             _ablation_run("dupmae", 42, 0.70, 0.69, 0.5, epochs=4)]
-    paths = []
-    for i, run in enumerate(runs):
-        paths.append(str(tmp_path / f"r{i}.json"))
-        Path(paths[-1]).write_text(json.dumps(run))
-    assert module.main(paths) == 0
+    assert module.main(_write_runs(tmp_path, runs)) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[3:] == [  # "none" is named by its fine-tuning only: it has no pre-training learning rate
         "| none, fine-tuning epochs 1 | cls | 1 | 0.6000 |  |",
