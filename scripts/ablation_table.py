@@ -33,7 +33,7 @@ def setting(run: dict, section: str, key: str):
 
 def labeller(runs: list[dict]):
     """`label(run, objective)`: the objective, plus the settings of VARIED that differ between runs
-    (the learning rate only for pre-trained rows: "none" has no pre-training)."""
+    (pre-training settings only for pre-trained rows: "none" has no pre-training)."""
     varied = [(section, key, form) for section, key, form in VARIED
               if len({json.dumps(setting(run, section, key)) for run in runs}) > 1]
 
