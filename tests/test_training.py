@@ -171,12 +171,13 @@ def test_resuming_a_finished_run_takes_no_extra_step(setup, tmp_path):
         assert torch.equal(before[name], after[name]), name
 
 
-def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["--freeze-encoder-steps", "2"]], ids=["plain", "frozen-encoder-start"])
+def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tmp_path, extra):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     single, double = tmp_path / "single", tmp_path / "double"
     common = ["--model", setup["model_no_dropout"], "--data", setup["data"], "--max-steps", "3", "--logging-steps", "1",
               "--save-steps", "100", "--learning-rate", "1e-3", "--warmup-steps", "0", "--seed", "3",
-              "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0"]
+              "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0", *extra]
     subprocess.run([sys.executable, "-m", "dupmae.cli", "pretrain", *common, "--output", str(single),
                     "--per-device-train-batch-size", "4"], check=True, env=env)
     run_two_gloo_processes(["-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
