@@ -1,0 +1,58 @@
+"""Where a DupMAE pre-training step's time goes: one step of ours under `torch.profiler`.
+
+Same model, data and settings as benchmarks/pretrain_step.py (random-initialised MiniLM or
+bert-base size, SciFact sequences, AdamW, dropout 0.1, lean attention and losses); two warm-up
+steps, then one profiled step; ops sorted by self CPU time.
+
+    python benchmarks/profile_step.py --precision bf16 --length 128 --batch 16
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pretrain_step  # noqa: E402
+from common import minilm_path, packed_examples  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=list(pretrain_step.SIZES), default="minilm")
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--rows", type=int, default=20, help="ops to list")
+    args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    torch.set_num_threads(2)
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path())
+    examples = packed_examples(tokenizer, args.length, args.batch * 3)
+    model, collator, loss_of = pretrain_step.build("ours", args.size, tokenizer)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
+
+    def step(index: int) -> None:
+        batch = collator(examples[index * args.batch:(index + 1) * args.batch])
+        with autocast:
+            loss = loss_of(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+
+    step(0), step(1)
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step(2)
+    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=45))
+
+
+if __name__ == "__main__":
+    main()
