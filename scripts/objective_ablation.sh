@@ -23,6 +23,8 @@
 #   seeds-lr, seeds-freeze  seeds 1 and 2 of the lr 1e-5 / freeze rows
 #   seeds-epochs, seeds-epochs-lr  seeds 1 and 2 of the epochs / epochs-lr rows
 #   epochs-lr, epochs-freeze  the lr 1e-5 / freeze rows with 4 fine-tuning epochs
+#   epochs-lr-dupmae-rep, seeds-epochs-lr-dupmae-rep  the epochs-lr row (seed 42; seeds 1 and 2)
+#               with representation dupmae (dense + sparse)
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -58,6 +60,8 @@ for phase in $phases; do
         seeds-epochs) for seed in 1 2; do run dupmae "$seed" "[cls]" ep4 finetune.num_train_epochs=4; done ;;
         seeds-epochs-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4; done ;;
         epochs-lr) run dupmae 42 "[cls]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 ;;
+        epochs-lr-dupmae-rep) run dupmae 42 "[dupmae]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 ;;
+        seeds-epochs-lr-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4; done ;;
         epochs-freeze) run dupmae 42 "[cls]" fz100-ep4 pretrain.freeze_encoder_steps=100 finetune.num_train_epochs=4 ;;
         seeds-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5 pretrain.learning_rate=1e-5; done ;;
         seeds-freeze) for seed in 1 2; do run dupmae "$seed" "[cls]" fz100 pretrain.freeze_encoder_steps=100; done ;;
