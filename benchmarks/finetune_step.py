@@ -1,8 +1,10 @@
-"""Contrastive fine-tuning step: PyTorch's SDPA (what `dupmae finetune` uses) vs lean attention.
+"""Contrastive fine-tuning step: PyTorch's SDPA and dropout vs lean attention and fast dropout masks.
 
 all-MiniLM-L6-v2, `cls` representation (mean pooling), 8 queries x 64 tokens + 32 passages x 128
 tokens (groups of 4), AdamW, dropout on, 2 threads; median step time of 5 steps after a warm-up.
-Each attention implementation and precision runs in its own subprocess.
+Variants: `sdpa` (PyTorch's SDPA and `nn.Dropout`), `lean` (lean attention), `+fast` (the dropout
+modules swapped by `use_fast_dropout`, so lean attention draws fast masks too). Each variant and
+precision runs in its own subprocess.
 
     python benchmarks/finetune_step.py
 """
@@ -32,7 +34,11 @@ def batch(rows: int, length: int, generator: torch.Generator):
     return ids, torch.ones(rows, length, dtype=torch.long), special
 
 
-def worker(attention: str, precision: str, steps: int) -> dict:
+VARIANTS = ("sdpa", "sdpa+fast", "lean", "lean+fast")
+
+
+def worker(variant: str, precision: str, steps: int) -> dict:
+    from dupmae.modeling.fast_dropout import use_fast_dropout
     from dupmae.modeling.lean_attention import use_lean_attention
     from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
     from dupmae.training.contrastive import contrastive_loss
@@ -41,8 +47,10 @@ def worker(attention: str, precision: str, steps: int) -> dict:
     torch.manual_seed(0)
     encoder = DupMAEEncoder.from_pretrained(
         minilm_path(), RepresentationConfig(representation="cls", dense_dim=0, dense_pooling="mean"), "identity")
-    if attention == "lean" and not use_lean_attention(encoder.model):
+    if variant.startswith("lean") and not use_lean_attention(encoder.model):
         raise SystemExit("this encoder cannot switch to lean attention")
+    if variant.endswith("+fast"):
+        use_fast_dropout(encoder)
     encoder.train()
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(0)
@@ -57,26 +65,27 @@ def worker(attention: str, precision: str, steps: int) -> dict:
         optimizer.step()
         optimizer.zero_grad()
         times.append(time.perf_counter() - start)
-    return {"attention": attention, "precision": precision, "step_s": median(times[1:])}
+    return {"variant": variant, "precision": precision, "step_s": median(times[1:])}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", nargs=2, metavar=("ATTENTION", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, metavar=("VARIANT", "PRECISION"), help=argparse.SUPPRESS)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, args.steps)))
         return
-    print("| precision | SDPA s/step | lean s/step | lean / SDPA time |")
-    print("| --- | --- | --- | --- |")
+    print("| precision | " + " | ".join(f"{variant} s/step" for variant in VARIANTS) + " | sdpa / lean+fast time |")
+    print("|" + " --- |" * (len(VARIANTS) + 2))
     for precision in ("bf16", "fp32"):
         measured = {}
-        for attention in ("sdpa", "lean"):
-            command = [sys.executable, __file__, "--worker", attention, precision, "--steps", str(args.steps)]
+        for variant in VARIANTS:
+            command = [sys.executable, __file__, "--worker", variant, precision, "--steps", str(args.steps)]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-            measured[attention] = json.loads(output.strip().splitlines()[-1])["step_s"]
-        print(f"| {precision} | {measured['sdpa']:.2f} | {measured['lean']:.2f} | {measured['lean'] / measured['sdpa']:.2f}x |")
+            measured[variant] = json.loads(output.strip().splitlines()[-1])["step_s"]
+        cells = " | ".join(f"{measured[variant]:.2f}" for variant in VARIANTS)
+        print(f"| {precision} | {cells} | {measured['sdpa'] / measured['lean+fast']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -60,7 +60,8 @@ def executed_matmul_flops(impl: str, size: str, length: int, batch: int, masked:
     return float(flops)
 
 
-def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: float = 0.1, lean_attention: bool = True):
+def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: float = 0.1, lean_attention: bool = True,
+          fast_dropout: bool = True):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(seed)
@@ -81,6 +82,10 @@ def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: flo
     options = PretrainingOptions()
     model = DupMAEForPretraining(encoder, options)
     assert model.set_lean_attention(lean_attention)  # on by default, as in `dupmae pretrain`
+    if fast_dropout:  # on by default, as in `dupmae pretrain`
+        from dupmae.modeling.fast_dropout import use_fast_dropout
+
+        use_fast_dropout(model)
     collator = PretrainingCollator(options, tokenizer.pad_token_id, tokenizer.mask_token_id, 30522)
 
     def loss(batch):
@@ -98,7 +103,7 @@ def worker(args) -> dict:
     batch_size = args.batch or BATCH[(args.size, args.length)]
     examples = packed_examples(tokenizer, args.length, batch_size * (args.steps + 1))
     model, collator, loss_of = build(args.impl, args.size, tokenizer, attention_dropout=args.attention_dropout,
-                                     lean_attention=not args.no_lean_attention)
+                                     lean_attention=not args.no_lean_attention, fast_dropout=not args.no_fast_dropout)
     model.train()
     if args.compile:  # every transformer layer through torch.compile (inductor); the losses stay eager
         for module in model.modules():
@@ -157,6 +162,8 @@ def run_worker(impl, size, length, precision, args, memory: bool = False) -> dic
         command.append("--compile")
     if args.no_lean_attention:
         command.append("--no-lean-attention")
+    if args.no_fast_dropout:
+        command.append("--no-fast-dropout")
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(MALLOC_ENV if memory else {})})
     if result.returncode:
         raise SystemExit(f"worker failed: {' '.join(command)}\n{result.stderr[-3000:]}")
@@ -179,6 +186,8 @@ def main() -> None:
                              "materialises [B, heads, L, L]")
     parser.add_argument("--no-lean-attention", action="store_true",
                         help="ours with PyTorch's SDPA also under dropout (the CPU math path), as before lean attention")
+    parser.add_argument("--no-fast-dropout", action="store_true",
+                        help="ours with PyTorch's dropout masks (one random draw per element), as before fast dropout")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")
     parser.add_argument("--configs", default="minilm:128,minilm:512,base:128,base:512",

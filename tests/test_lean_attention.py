@@ -3,28 +3,32 @@
 import pytest
 import torch
 
+from dupmae.modeling.fast_dropout import keep_mask, rounded_drop_probability
 from dupmae.modeling.lean_attention import lean_dropout_attention, use_lean_attention
 
 
-def reference(q, k, v, mask, keep, dropout_p, scale):
-    """softmax(q kᵀ scale + mask) ⊙ keep / (1 - p) @ v, the math path written out."""
+def reference(q, k, v, mask, keep, dropout_p, scale, fast_masks=False):
+    """softmax(q kᵀ scale + mask) ⊙ keep / (1 - p') @ v, the math path written out (p' = the drop
+    probability the mask realises: p, or p rounded to 2⁻¹⁵ with fast masks)."""
+    dropout_p = rounded_drop_probability(dropout_p) if fast_masks else dropout_p
     scores = q @ k.transpose(-1, -2) * scale
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
     return (torch.softmax(scores, dim=-1) * keep / (1 - dropout_p)) @ v
 
 
-def same_mask_run(q, k, v, mask, dropout_p, chunk, seed=0):
+def same_mask_run(q, k, v, mask, dropout_p, chunk, seed=0, fast_masks=False):
     """Run the lean function and recover the dropout mask it drew (same global RNG state)."""
     torch.manual_seed(seed)
-    out = lean_dropout_attention(q, k, v, mask, dropout_p, chunk=chunk)
+    out = lean_dropout_attention(q, k, v, mask, dropout_p, chunk=chunk, fast_masks=fast_masks)
     torch.manual_seed(seed)
-    keep = torch.empty(*q.shape[:-1], k.shape[-2], dtype=torch.bool).bernoulli_(1 - dropout_p)
+    keep, _ = keep_mask((*q.shape[:-1], k.shape[-2]), dropout_p, fast=fast_masks)
     return out, keep
 
 
+@pytest.mark.parametrize("fast_masks", [False, True])
 @pytest.mark.parametrize("mask_kind", ["none", "bool-rows", "float-keys"])
-def test_values_and_gradients_match_the_math_path_with_the_same_mask(mask_kind):
+def test_values_and_gradients_match_the_math_path_with_the_same_mask(mask_kind, fast_masks):
     torch.manual_seed(1)
     batch, heads, length, dim = 2, 3, 7, 4
     q, k, v = (torch.randn(batch, heads, length, dim, dtype=torch.float64, requires_grad=True) for _ in range(3))
@@ -37,9 +41,9 @@ def test_values_and_gradients_match_the_math_path_with_the_same_mask(mask_kind):
     else:
         mask = None
     grad = torch.randn(batch, heads, length, dim, dtype=torch.float64)
-    out, keep = same_mask_run(q, k, v, mask, 0.3, chunk=3)  # chunks of 3 rows: 3 + 3 + 1
+    out, keep = same_mask_run(q, k, v, mask, 0.3, chunk=3, fast_masks=fast_masks)  # chunks of 3 rows: 3 + 3 + 1
     lean_grads = torch.autograd.grad(out, (q, k, v), grad)
-    expected = reference(q, k, v, mask, keep, 0.3, dim**-0.5)
+    expected = reference(q, k, v, mask, keep, 0.3, dim**-0.5, fast_masks)
     assert torch.allclose(out, expected, atol=1e-12)
     for lean, plain in zip(lean_grads, torch.autograd.grad(expected, (q, k, v), grad)):
         assert torch.allclose(lean, plain, atol=1e-10)

@@ -13,11 +13,14 @@ attention dropout, where SDPA would materialise `[B, heads, L, L]`); no transfor
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import get_activation
 
+from dupmae.modeling.fast_dropout import FastDropout
 from dupmae.modeling.lean_attention import lean_dropout_attention
 
 
@@ -78,7 +81,10 @@ class EnhancedDecoderLayer(nn.Module):
         q = self._split_heads(self.query(query_stream))
         k = self._split_heads(self.key(content_stream))
         v = self._split_heads(self.value(content_stream))
-        attention = lean_dropout_attention if self.lean_attention else F.scaled_dot_product_attention
+        if self.lean_attention:  # fast masks follow `use_fast_dropout` having swapped this layer's dropout
+            attention = functools.partial(lean_dropout_attention, fast_masks=isinstance(self.dropout, FastDropout))
+        else:
+            attention = F.scaled_dot_product_attention
         attended = attention(
             q, k, v,
             attention_mask[:, None],  # [B, 1, L, L], broadcast over heads

@@ -7,6 +7,8 @@ most of a step's activation memory at L = 512 (docs/benchmarks.md). `lean_dropou
 computes the same function block by block over the query rows and keeps only the inputs, the
 output, each row's log-normaliser and the dropout mask (bool, 1 byte per score); backward
 recomputes each block's probabilities from `q`, `k` and the log-normaliser, as flash attention does.
+With `fast_masks` (a model whose dropout modules `use_fast_dropout` swapped) the mask comes from
+`fast_dropout.keep_mask`'s four-per-draw method instead of `bernoulli_`.
 
 Used where the math path would be: on CPU, in training, with dropout > 0. Everywhere else (GPU
 kernels support dropout; no dropout; eval) it is `F.scaled_dot_product_attention` itself.
@@ -17,6 +19,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from dupmae.modeling.fast_dropout import FastDropout, keep_mask
 
 ATTENTION_NAME = "dupmae_lean"
 QUERY_CHUNK = 128  # query rows per block: [B, heads, 128, L] float32 temporaries
@@ -46,11 +50,11 @@ def _rows(mask: torch.Tensor | None, rows: slice) -> torch.Tensor | None:
 
 class _LeanDropoutAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, mask, dropout_p: float, scale: float, chunk: int):
+    def forward(ctx, q, k, v, mask, dropout_p: float, scale: float, chunk: int, fast_masks: bool):
         batch, heads, length, _ = q.shape
         out = torch.empty_like(q)
         log_norm = torch.empty(batch, heads, length, dtype=_accumulation(q.dtype), device=q.device)
-        keep = torch.empty(*q.shape[:-1], k.shape[-2], dtype=torch.bool, device=q.device).bernoulli_(1 - dropout_p)
+        keep, inverse_keep = keep_mask((*q.shape[:-1], k.shape[-2]), dropout_p, q.device, fast=fast_masks)  # 1 byte/score
         for start in range(0, length, chunk):
             rows = slice(start, start + chunk)
             scores = _scores(q[..., rows, :], k, _rows(mask, rows), scale)  # [B, H, c, Lk]
@@ -62,17 +66,17 @@ class _LeanDropoutAttention(torch.autograd.Function):
             if not bool(seen.all()):
                 probs = probs.masked_fill(~seen[..., None], 0.0)
                 block_norm = block_norm.masked_fill(~seen, 0.0)
-            dropped = probs.mul_(keep[..., rows, :]).mul_(1.0 / (1.0 - dropout_p)).to(v.dtype)
+            dropped = probs.mul_(keep[..., rows, :]).mul_(inverse_keep).to(v.dtype)
             out[..., rows, :] = torch.matmul(dropped, v)
             log_norm[..., rows] = block_norm
         ctx.save_for_backward(q, k, v, mask, out, log_norm, keep)
-        ctx.dropout_p, ctx.scale, ctx.chunk = dropout_p, scale, chunk
+        ctx.inverse_keep, ctx.scale, ctx.chunk = inverse_keep, scale, chunk
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, mask, out, log_norm, keep = ctx.saved_tensors
-        scale, chunk, inverse_keep = ctx.scale, ctx.chunk, 1.0 / (1.0 - ctx.dropout_p)
+        scale, chunk, inverse_keep = ctx.scale, ctx.chunk, ctx.inverse_keep
         grad_out = grad_out.contiguous()
         # rowsum(dO * O) = rowsum(P * dP): the softmax backward's correction term, [B, H, L]
         accumulation = _accumulation(q.dtype)
@@ -90,7 +94,7 @@ class _LeanDropoutAttention(torch.autograd.Function):
             grad_q[..., rows, :] = torch.matmul(grad_scores, k).mul_(scale)
             grad_k += torch.matmul(grad_scores.transpose(-1, -2), q[..., rows, :])
         grad_k.mul_(scale)
-        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None
+        return grad_q, grad_k.to(k.dtype), grad_v.to(v.dtype), None, None, None, None, None
 
 
 def lean_dropout_attention(
@@ -101,6 +105,7 @@ def lean_dropout_attention(
     dropout_p: float = 0.0,
     scale: float | None = None,
     chunk: int = QUERY_CHUNK,
+    fast_masks: bool = False,
 ) -> torch.Tensor:
     """`softmax(q kᵀ · scale + mask)` with dropout on the probabilities, times `v`.
 
@@ -109,6 +114,9 @@ def lean_dropout_attention(
         mask: broadcastable to `[B, H, Lq, Lk]`: bool (True = may attend) or additive float; None = all.
         dropout_p: dropout probability of the attention probabilities (0 <= p < 1).
         scale: score scale (default `1 / sqrt(D)`).
+        chunk: query rows per block.
+        fast_masks: draw the dropout mask with `fast_dropout.keep_mask`'s four-per-draw method (p
+            rounded to a multiple of 2⁻¹⁵) instead of `bernoulli_`.
     Returns:
         `[B, H, Lq, D]`. A query row that may attend to nothing gets 0 (SDPA would give NaN).
     """
@@ -118,7 +126,8 @@ def lean_dropout_attention(
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     with torch.autocast(q.device.type, enabled=False):  # dtypes are handled explicitly inside
-        return _LeanDropoutAttention.apply(q, k.to(q.dtype), v.to(q.dtype), mask, float(dropout_p), float(scale), chunk)
+        return _LeanDropoutAttention.apply(q, k.to(q.dtype), v.to(q.dtype), mask, float(dropout_p), float(scale), chunk,
+                                           fast_masks)
 
 
 def _transformers_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
@@ -127,7 +136,8 @@ def _transformers_attention(module, query, key, value, attention_mask, dropout: 
     is_causal = kwargs.get("is_causal")
     if is_causal if is_causal is not None else getattr(module, "is_causal", False):
         raise ValueError(f"{ATTENTION_NAME} attention is for bidirectional encoders; it has no causal masking")
-    output = lean_dropout_attention(query, key, value, attention_mask, dropout, scaling)
+    fast_masks = isinstance(getattr(module, "dropout", None), FastDropout)  # follows `use_fast_dropout`
+    output = lean_dropout_attention(query, key, value, attention_mask, dropout, scaling, fast_masks=fast_masks)
     return output.transpose(1, 2).contiguous(), None
 
 

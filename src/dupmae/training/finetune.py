@@ -20,7 +20,9 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
+from dupmae.modeling.fast_dropout import use_fast_dropout
 from dupmae.modeling.head_init import MISSING_HEAD_INITS
+from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
@@ -64,6 +66,13 @@ class FinetuneArguments:
         "help": "How to start an MLM head the starting model lacks (e.g. all-MiniLM-L6-v2): identity "
                 "(vocabulary logits = similarity to the word embeddings, lexical from the start) or random.",
         "choices": list(MISSING_HEAD_INITS)})
+    lean_attention: bool = field(default=True, metadata={
+        "help": "On the CPU, run attention with dropout block by block with a 1-byte dropout mask "
+                "(modeling/lean_attention.py) instead of PyTorch's math path; SDPA elsewhere and without dropout."})
+    fast_dropout: bool = field(default=True, metadata={
+        "help": "On the CPU, draw dropout masks four elements per random number (modeling/fast_dropout.py; p "
+                "rounded to a multiple of 2^-15). Together with --lean-attention a fine-tuning step is ~1.1x "
+                "faster (docs/benchmarks.md). Other devices keep PyTorch's dropout."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
@@ -137,6 +146,11 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
     negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
 
     encoder = DupMAEEncoder.from_pretrained(args.model, representation, args.missing_head_init)
+    if args.lean_attention and not use_lean_attention(encoder.model):
+        logger.warning("%s cannot switch its attention implementation; --lean-attention is ignored",
+                       type(encoder.model).__name__)
+    if args.fast_dropout:
+        use_fast_dropout(encoder)
     tokenizer = load_tokenizer(args.model)
     collator = GroupCollator(tokenizer, query_ids, collection.queries, collection.corpus, qrels, negatives,
                              args.group_size, representation.query_max_length, representation.passage_max_length,

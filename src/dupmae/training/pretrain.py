@@ -25,6 +25,7 @@ from transformers import (
 
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
+from dupmae.modeling.fast_dropout import use_fast_dropout
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
@@ -90,6 +91,11 @@ class RunArguments:
                 "a 1-byte dropout mask for backward instead of the math path's [B, heads, L, L] tensors "
                 "(modeling/lean_attention.py; encoder and decoder). Elsewhere, and without dropout, attention "
                 "is PyTorch's SDPA either way."})
+    fast_dropout: bool = field(default=True, metadata={
+        "help": "On the CPU, draw the hidden-state dropout masks (encoder and decoder) four elements per random "
+                "number instead of one (modeling/fast_dropout.py; the drop probability is rounded to a multiple "
+                "of 2^-15, 0.1 -> 0.100006; lean attention draws its masks this way too). Other devices keep "
+                "PyTorch's dropout."})
     freeze_encoder_steps: int = field(default=0, metadata={
         "help": "Train only the parts the encoder does not have yet — the MLM head's transform and bias and the "
                 "decoder layer — for the first N steps, keeping the encoder (and the word embeddings, tied to "
@@ -177,6 +183,8 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     if not model.set_lean_attention(run_args.lean_attention):
         logger.warning("%s cannot switch its attention implementation; --lean-attention applies to the decoder only",
                        type(encoder).__name__)
+    if run_args.fast_dropout:
+        use_fast_dropout(model)
 
     collator = PretrainingCollator(
         options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),
