@@ -199,3 +199,28 @@ def test_sparse_weight_scales_the_sparse_term_of_the_score(tmp_path, wordpiece_d
     torch.testing.assert_close(score(b, b), a.dense @ a.dense.T + 0.25 * (a.sparse @ a.sparse.T))
     with pytest.raises(ValueError, match="sparse_weight"):
         RepresentationConfig(sparse_weight=0.0)
+
+
+@pytest.mark.parametrize("cpu_kernels", [True, False])
+def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels):
+    """`--lean-attention` / `--fast-dropout` (default on) swap the attention function and the dropout
+    modules of the trained encoder; off, it keeps SDPA and `nn.Dropout`. Either way the saved model
+    loads without them (the attention choice is not written to config.json)."""
+    from torch import nn
+
+    from dupmae.modeling.fast_dropout import FastDropout
+    from dupmae.training.finetune import finetune, parse_arguments
+
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    beir = write_beir(tmp_path / "beir")
+    switches = [] if cpu_kernels else ["--lean-attention", "false", "--fast-dropout", "false"]
+    trainer = finetune(*parse_arguments([
+        "--model", start, "--data", str(beir), "--negatives", str(beir / "negs.jsonl"), "--output", str(tmp_path / "ft"),
+        "--group-size", "3", "--per-device-train-batch-size", "4", "--max-steps", "1", "--report-to", "none",
+        "--disable-tqdm", "true", *switches]))
+    encoder = trainer.model
+    dropouts = [type(m) for m in encoder.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and set(dropouts) == {FastDropout if cpu_kernels else nn.Dropout}
+    assert encoder.model.config._attn_implementation == ("dupmae_lean" if cpu_kernels else "sdpa")
+    assert "dupmae_lean" not in (tmp_path / "ft" / "config.json").read_text()
+    Retriever.from_pretrained(tmp_path / "ft", show_progress=False).encode_corpus(["the protein study"])
