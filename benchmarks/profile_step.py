@@ -5,6 +5,7 @@ bert-base size, SciFact sequences, AdamW, dropout 0.1, lean attention and losses
 steps, then one profiled step; ops sorted by self CPU time.
 
     python benchmarks/profile_step.py --precision bf16 --length 128 --batch 16
+    python benchmarks/profile_step.py --by-shape   # ops split by input shapes (which copy_ is which)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--rows", type=int, default=20, help="ops to list")
+    parser.add_argument("--by-shape", action="store_true", help="list ops per input shapes (records shapes)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -49,9 +51,11 @@ def main() -> None:
         optimizer.zero_grad()
 
     step(0), step(1)
-    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as profiler:
         step(2)
-    print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=45))
+    averages = profiler.key_averages(group_by_input_shape=args.by_shape)
+    print(averages.table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=45,
+                         max_shapes_column_width=70))
 
 
 if __name__ == "__main__":
