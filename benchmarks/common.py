@@ -1,7 +1,9 @@
-"""Shared pieces of the benchmark scripts: real SciFact text packed into sequences, memory, peaks."""
+"""Shared pieces of the benchmark scripts: real SciFact text packed into sequences, a training step,
+memory, peaks."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -12,6 +14,22 @@ from pathlib import Path
 import torch
 
 DATA_ROOT = Path(os.environ.get("DUPMAE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def precision_context(precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the CPU for "bf16", nothing for "fp32"."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
+def training_step(compute_loss, optimizer, precision: str, keep_gradients: bool = False) -> torch.Tensor:
+    """One forward (under `precision_context`) + backward + optimizer step; returns the detached loss.
+    `keep_gradients` zeroes the gradients instead of freeing them (their memory stays allocated)."""
+    with precision_context(precision):
+        loss = compute_loss()
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=not keep_gradients)
+    return loss.detach()
 
 
 def minilm_path() -> str:

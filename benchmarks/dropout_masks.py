@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain_step  # noqa: E402
-from common import median, minilm_path, packed_examples  # noqa: E402
+from common import median, minilm_path, packed_examples, training_step  # noqa: E402
 
 
 def mask_times(length: int, repeats: int = 20) -> tuple[float, float]:
@@ -45,7 +44,6 @@ def step_times(size: str, length: int, batch: int, precision: str, rounds: int) 
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     examples = packed_examples(tokenizer, length, batch * 2)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     runs = []
     for fast in (False, True):
         model, collator, loss_of = pretrain_step.build("ours", size, tokenizer, fast_dropout=fast)
@@ -56,11 +54,7 @@ def step_times(size: str, length: int, batch: int, precision: str, rounds: int) 
 
     def step(loss_of, optimizer, batches, times, index: int) -> None:
         start = time.perf_counter()
-        with autocast:
-            loss = loss_of(batches[index % 2])
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        training_step(lambda: loss_of(batches[index % 2]), optimizer, precision)
         times.append(time.perf_counter() - start)
 
     for index in range(rounds + 1):  # round 0 warms up (lazy kernels, optimizer state)

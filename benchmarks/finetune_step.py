@@ -12,7 +12,6 @@ precision runs in its own subprocess.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, minilm_path  # noqa: E402
+from common import median, minilm_path, training_step  # noqa: E402
 
 
 def batch(rows: int, length: int, generator: torch.Generator):
@@ -55,15 +54,11 @@ def worker(variant: str, precision: str, steps: int) -> dict:
     optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     queries, passages = batch(8, 64, generator), batch(32, 128, generator)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with autocast:
-            loss, _ = contrastive_loss(encoder(*queries), encoder(*passages), 4, 1.0, False)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        training_step(lambda: contrastive_loss(encoder(*queries), encoder(*passages), 4, 1.0, False)[0],
+                      optimizer, precision)
         times.append(time.perf_counter() - start)
     return {"variant": variant, "precision": precision, "step_s": median(times[1:])}
 

@@ -21,7 +21,6 @@ Reported per configuration (model size, sequence length L, precision):
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -33,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (MALLOC_ENV, matmul_peak_flops, median, minilm_path, packed_examples, peak_rss_bytes,
-                    reset_peak_rss, rss_bytes)  # noqa: E402
+                    reset_peak_rss, rss_bytes, training_step)  # noqa: E402
 
 SIZES = {
     "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
@@ -114,20 +113,14 @@ def worker(args) -> dict:
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)
-    autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext())
     times, collate_times = [], []
     for step in range(args.steps + 1):
         chunk = examples[step * batch_size:(step + 1) * batch_size]
         start = time.perf_counter()
         batch = collator(chunk)
         collated = time.perf_counter()
-        with autocast:
-            loss = loss_of(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=False)
+        loss = training_step(lambda: loss_of(batch), optimizer, args.precision, keep_gradients=True)
         if not step:  # step 0 is the warm-up: lazily loaded kernels and workspaces join the baseline
-            loss = loss.detach()
             baseline = rss_bytes()
             reset_peak_rss()
         else:
@@ -143,7 +136,7 @@ def worker(args) -> dict:
         "impl": args.impl, "size": args.size, "length": args.length, "precision": args.precision, "batch": batch_size,
         "attention_dropout": args.attention_dropout,
         "step_s": step_time, "collate_s": median(collate_times), "tokens_per_s": batch_size * args.length / step_time,
-        "activation_mb": (peak - baseline) / 2**20, "baseline_mb": baseline / 2**20, "loss": float(loss.detach()),
+        "activation_mb": (peak - baseline) / 2**20, "baseline_mb": baseline / 2**20, "loss": float(loss),
         "matmul_gflop_per_s": flops / step_time / 1e9, "peak_gflop_per_s": matmul_peak_flops(dtype) / 1e9,
     }
 

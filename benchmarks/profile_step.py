@@ -11,7 +11,6 @@ steps, then one profiled step; ops sorted by self CPU time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain_step  # noqa: E402
-from common import minilm_path, packed_examples  # noqa: E402
+from common import minilm_path, packed_examples, training_step  # noqa: E402
 
 
 def main() -> None:
@@ -40,15 +39,10 @@ def main() -> None:
     model, collator, loss_of = pretrain_step.build("ours", args.size, tokenizer)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if args.precision == "bf16" else contextlib.nullcontext()
 
     def step(index: int) -> None:
         batch = collator(examples[index * args.batch:(index + 1) * args.batch])
-        with autocast:
-            loss = loss_of(batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+        training_step(lambda: loss_of(batch), optimizer, args.precision)
 
     step(0), step(1)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=args.by_shape) as profiler:

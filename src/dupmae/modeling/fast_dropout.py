@@ -50,13 +50,11 @@ def keep_mask(
     CPU (`rounded_drop_probability`), and p itself on accelerators or with `fast=False` (then the
     mask is `bernoulli_`'s, as `nn.Dropout` draws it).
     """
+    threshold = _threshold(p)  # also checks 0 <= p < 1
     device = torch.device(device)
     if device.type != "cpu" or not fast:
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         keep = torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p, generator=generator)
         return keep, 1.0 / (1.0 - p)
-    threshold = _threshold(p)
     count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(generator=generator)
     fields = words.view(torch.int16)[:count]  # four per word, each with 15 uniform low bits
