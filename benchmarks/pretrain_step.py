@@ -98,6 +98,10 @@ def worker(args) -> dict:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory in ("both", args.impl):
+        from dupmae.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     batch_size = args.batch or BATCH[(args.size, args.length)]
     examples = packed_examples(tokenizer, args.length, batch_size * (args.steps + 1))
@@ -148,7 +152,8 @@ def run_worker(impl, size, length, precision, args, memory: bool = False) -> dic
     slows both implementations (every large temporary is page-faulted anew), so it is never timed."""
     command = [sys.executable, __file__, "--worker", "--impl", impl, "--size", size, "--length", str(length),
                "--precision", precision, "--steps", "1" if memory else str(args.steps), "--threads", str(args.threads),
-               "--attention-dropout", str(args.attention_dropout)]
+               "--attention-dropout", str(args.attention_dropout),
+               "--keep-freed-memory", "none" if memory else args.keep_freed_memory]
     if args.batch:
         command += ["--batch", str(args.batch)]
     if args.compile:
@@ -181,6 +186,9 @@ def main() -> None:
                         help="ours with PyTorch's SDPA also under dropout (the CPU math path), as before lean attention")
     parser.add_argument("--no-fast-dropout", action="store_true",
                         help="ours with PyTorch's dropout masks (one random draw per element), as before fast dropout")
+    parser.add_argument("--keep-freed-memory", choices=["ours", "both", "none"], default="ours",
+                        help="which side runs with glibc keeping freed memory (training/allocator.py; "
+                             "`dupmae pretrain` does by default, the released code does not)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")
     parser.add_argument("--configs", default="minilm:128,minilm:512,base:128,base:512",

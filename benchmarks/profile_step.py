@@ -29,11 +29,17 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     parser.add_argument("--rows", type=int, default=20, help="ops to list")
+    parser.add_argument("--return-freed-memory", action="store_true",
+                        help="leave glibc's defaults (large freed blocks go back to the system at once)")
     parser.add_argument("--by-shape", action="store_true", help="list ops per input shapes (records shapes)")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
     torch.set_num_threads(2)
+    if not args.return_freed_memory:  # as `dupmae pretrain` does by default
+        from dupmae.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
     examples = packed_examples(tokenizer, args.length, args.batch * 3)
     model, collator, loss_of = pretrain_step.build("ours", args.size, tokenizer)

@@ -15,6 +15,20 @@ import pytest
 from tiny import build_bpe_tokenizer, build_wordpiece_tokenizer  # noqa: E402
 
 
+@pytest.fixture(autouse=True)
+def allocator_calls(monkeypatch) -> list:
+    """`keep_freed_memory` changes glibc's malloc for the whole process and for good: training
+    commands under test record the call here instead (tests/test_allocator.py tests the real one
+    in subprocesses)."""
+    import dupmae.training.finetune
+    import dupmae.training.pretrain
+
+    calls = []
+    for module in (dupmae.training.finetune, dupmae.training.pretrain):
+        monkeypatch.setattr(module, "keep_freed_memory", lambda: calls.append(1) or True)
+    return calls
+
+
 @pytest.fixture(scope="session")
 def wordpiece_dir(tmp_path_factory) -> str:
     directory = str(tmp_path_factory.mktemp("wordpiece"))

@@ -202,10 +202,11 @@ def test_sparse_weight_scales_the_sparse_term_of_the_score(tmp_path, wordpiece_d
 
 
 @pytest.mark.parametrize("cpu_kernels", [True, False])
-def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels):
-    """`--lean-attention` / `--fast-dropout` (default on) swap the attention function and the dropout
-    modules of the trained encoder; off, it keeps SDPA and `nn.Dropout`. Either way the saved model
-    loads without them (the attention choice is not written to config.json)."""
+def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels, allocator_calls):
+    """`--lean-attention` / `--fast-dropout` / `--keep-freed-memory` (default on) swap the attention
+    function and the dropout modules of the trained encoder and set glibc's malloc; off, it keeps
+    SDPA, `nn.Dropout` and the allocator. Either way the saved model loads without them (the
+    attention choice is not written to config.json)."""
     from torch import nn
 
     from dupmae.modeling.fast_dropout import FastDropout
@@ -213,7 +214,8 @@ def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels):
 
     start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
     beir = write_beir(tmp_path / "beir")
-    switches = [] if cpu_kernels else ["--lean-attention", "false", "--fast-dropout", "false"]
+    switches = [] if cpu_kernels else ["--lean-attention", "false", "--fast-dropout", "false",
+                                       "--keep-freed-memory", "false"]
     trainer = finetune(*parse_arguments([
         "--model", start, "--data", str(beir), "--negatives", str(beir / "negs.jsonl"), "--output", str(tmp_path / "ft"),
         "--group-size", "3", "--per-device-train-batch-size", "4", "--max-steps", "1", "--report-to", "none",
@@ -221,6 +223,7 @@ def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels):
     encoder = trainer.model
     dropouts = [type(m) for m in encoder.modules() if isinstance(m, nn.Dropout)]
     assert dropouts and set(dropouts) == {FastDropout if cpu_kernels else nn.Dropout}
+    assert len(allocator_calls) == (1 if cpu_kernels else 0)
     assert encoder.model.config._attn_implementation == ("dupmae_lean" if cpu_kernels else "sdpa")
     assert "dupmae_lean" not in (tmp_path / "ft" / "config.json").read_text()
     Retriever.from_pretrained(tmp_path / "ft", show_progress=False).encode_corpus(["the protein study"])

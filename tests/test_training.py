@@ -68,7 +68,7 @@ def base_flags(setup, output, model_key="model", steps=4, batch=4):
             "--report-to", "none", "--disable-tqdm", "true"]
 
 
-def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir):
+def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir, allocator_calls):
     data = tmp_path / "data"
     assert cli(["prepare", "--corpus", setup["corpus"], "--tokenizer", wordpiece_dir, "--max-length", "32",
                 "--output", str(data), "--num-proc", "1"]) == 0
@@ -77,6 +77,7 @@ def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir):
     flags[flags.index("--data") + 1] = str(data)
     flags[flags.index("--report-to") + 1] = "tensorboard"
     assert cli(["pretrain", *flags]) == 0
+    assert allocator_calls == [1]  # --keep-freed-memory is on by default
 
     records = [r for r in read_log(output) if "loss_encoder_mlm" in r]
     assert [r["step"] for r in records] == [1, 2, 3, 4]

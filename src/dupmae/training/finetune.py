@@ -21,6 +21,7 @@ from transformers import Trainer, TrainingArguments, set_seed
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
 from dupmae.modeling.fast_dropout import use_fast_dropout
+from dupmae.training.allocator import keep_freed_memory
 from dupmae.modeling.head_init import MISSING_HEAD_INITS
 from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
@@ -73,6 +74,10 @@ class FinetuneArguments:
         "help": "On the CPU, draw dropout masks four elements per random number (modeling/fast_dropout.py; p "
                 "rounded to a multiple of 2^-15). Together with --lean-attention a fine-tuning step is ~1.1x "
                 "faster (docs/benchmarks.md). Other devices keep PyTorch's dropout."})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "On Linux with glibc, keep freed memory in the process for the next step instead of returning "
+                "large blocks to the system at once (training/allocator.py); resident memory stays at its "
+                "high-water mark."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
@@ -130,6 +135,8 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
 
     output = Path(training.output_dir)
     checkpoint = checkpoint_to_resume(output, args.resume)
+    if args.keep_freed_memory:
+        keep_freed_memory()
 
     set_seed(training.seed)
     collection = load_beir(args.data, args.split)

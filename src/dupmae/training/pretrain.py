@@ -26,6 +26,7 @@ from transformers import (
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.fast_dropout import use_fast_dropout
+from dupmae.training.allocator import keep_freed_memory
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
@@ -96,6 +97,10 @@ class RunArguments:
                 "number instead of one (modeling/fast_dropout.py; the drop probability is rounded to a multiple "
                 "of 2^-15, 0.1 -> 0.100006; lean attention draws its masks this way too). Other devices keep "
                 "PyTorch's dropout."})
+    keep_freed_memory: bool = field(default=True, metadata={
+        "help": "On Linux with glibc, keep freed memory in the process for the next step instead of returning "
+                "large blocks to the system at once (training/allocator.py): CPU steps stop page-faulting their "
+                "large temporaries anew; resident memory stays at its high-water mark."})
     freeze_encoder_steps: int = field(default=0, metadata={
         "help": "Train only the parts the encoder does not have yet — the MLM head's transform and bias and the "
                 "decoder layer — for the first N steps, keeping the encoder (and the word embeddings, tied to "
@@ -171,6 +176,8 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         raise ValueError("dataloader_persistent_workers would keep the collator of the first epoch in the workers, "
                          "so every epoch would repeat its masks; leave it false (workers restart each epoch)")
     checkpoint = checkpoint_to_resume(output_dir, run_args.resume)
+    if run_args.keep_freed_memory:
+        keep_freed_memory()
 
     set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
     tokenizer = AutoTokenizer.from_pretrained(run_args.tokenizer or run_args.model)
