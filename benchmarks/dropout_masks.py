@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain_step  # noqa: E402
-from common import median, minilm_path, packed_examples, training_step  # noqa: E402
+from common import adamw, median, minilm_path, packed_examples, training_step  # noqa: E402
 
 
 def mask_times(length: int, repeats: int = 20) -> tuple[float, float]:
@@ -48,7 +48,7 @@ def step_times(size: str, length: int, batch: int, precision: str, rounds: int) 
     for fast in (False, True):
         model, collator, loss_of = pretrain_step.build("ours", size, tokenizer, fast_dropout=fast)
         model.train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+        optimizer = adamw(model.parameters(), lr=1e-4)
         batches = [collator(examples[i * batch:(i + 1) * batch]) for i in range(2)]
         runs.append((loss_of, optimizer, batches, []))
 

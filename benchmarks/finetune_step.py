@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import median, minilm_path, training_step  # noqa: E402
+from common import adamw, median, minilm_path, training_step  # noqa: E402
 
 
 def batch(rows: int, length: int, generator: torch.Generator):
@@ -57,7 +57,7 @@ def worker(variant: str, precision: str, steps: int) -> dict:
     if "fast" in parts:
         use_fast_dropout(encoder)
     encoder.train()
-    optimizer = torch.optim.AdamW(encoder.parameters(), lr=1e-5)
+    optimizer = adamw(encoder.parameters(), lr=1e-5)
     generator = torch.Generator().manual_seed(0)
     queries, passages = batch(8, 64, generator), batch(32, 128, generator)
     times = []

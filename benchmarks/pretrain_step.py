@@ -1,9 +1,9 @@
 """DupMAE pre-training step: dupmae vs a plain Hugging Face implementation (benchmarks/plain_dupmae.py).
 
 Both sides train the same objective (encoder MLM + [CLS] decoding + 0.1 x BoW) on the same SciFact
-sequences, from the same random initialisation, with AdamW, dropout on, one process. A step is
-collate + forward + backward + optimizer step. Every configuration runs in its own subprocess so
-that its peak memory is its own; the two implementations alternate.
+sequences, from the same random initialisation, with fused AdamW (the Trainer's default), dropout
+on, one process. A step is collate + forward + backward + optimizer step. Every configuration runs
+in its own subprocess so that its peak memory is its own; the two implementations alternate.
 
 Reported per configuration (model size, sequence length L, precision):
 - tokens/s (median over the timed steps) and the ratio ours / plain at the same precision, and
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (MALLOC_ENV, matmul_peak_flops, median, minilm_path, packed_examples, peak_rss_bytes,
+from common import (MALLOC_ENV, adamw, matmul_peak_flops, median, minilm_path, packed_examples, peak_rss_bytes,
                     reset_peak_rss, rss_bytes, training_step)  # noqa: E402
 
 SIZES = {
@@ -112,7 +112,7 @@ def worker(args) -> dict:
         for module in model.modules():
             if type(module).__name__ in ("BertLayer", "EnhancedDecoderLayer", "PlainDecoderLayer"):
                 module.compile()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    optimizer = adamw(model.parameters(), lr=1e-4)
     for parameter in model.parameters():  # allocate gradients and optimizer state before the baseline
         parameter.grad = torch.zeros_like(parameter)
     optimizer.step()

@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pretrain_step  # noqa: E402
-from common import minilm_path, packed_examples, training_step  # noqa: E402
+from common import adamw, minilm_path, packed_examples, training_step  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     examples = packed_examples(tokenizer, args.length, args.batch * 3)
     model, collator, loss_of = pretrain_step.build("ours", args.size, tokenizer)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    optimizer = adamw(model.parameters(), lr=1e-4)
 
     def step(index: int) -> None:
         batch = collator(examples[index * args.batch:(index + 1) * args.batch])
