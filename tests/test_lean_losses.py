@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForMaskedLM, RobertaConfig, RobertaForM
 import dupmae.modeling.pretraining as pretraining
 from dupmae.config import PretrainingOptions
 from dupmae.modeling.heads import mlm_head_matches_split, split_mlm_head
-from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy
+from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy, max_over_positions
 from dupmae.modeling.pretraining import DupMAEForPretraining, bow_pool, combine_losses, local_counts
 from test_masking import TEXTS, collate
 
@@ -126,6 +126,27 @@ def test_chunked_max_pool_matches_naive_values_and_gradients(chunk_size):
     naive_grads = grads((naive * upstream).sum(), (transformed, weight, bias))
     for name, ours, expected in zip(("transformed", "weight", "bias"), lean_grads, naive_grads):
         assert torch.allclose(ours, expected, atol=1e-5, rtol=1e-5), name
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_max_over_positions_equals_max_with_ties_infinities_and_nan(dtype):
+    """The pooling-kernel max equals `max(dim=1)` element by element: values, and indices where
+    several positions tie (the first wins), where a column is all -inf, and where a NaN sits."""
+    logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(0)).to(dtype)
+    logits[0, 4:] = logits[0, 2]  # ties between positions 2, 4, 5, 6 (and bf16 rounding makes more)
+    logits[1] = float("-inf")  # a sequence with nothing to pool
+    logits[2, :, :5] = float("-inf")
+    logits[2, 3, 7] = float("nan")
+    values, indices = max_over_positions(logits)
+    expected_values, expected_indices = logits.max(dim=1)
+    assert values.shape == indices.shape == (3, 50) and values.dtype == dtype
+    assert torch.equal(values.isnan(), expected_values.isnan()) and values.isnan().sum() == 1
+    finite = ~expected_values.isnan()
+    assert torch.equal(values[finite], expected_values[finite])
+    assert torch.equal(indices, expected_indices)
+    assert (indices[0] <= 3).all()  # the first of the tied positions
+    single = logits[:, :1]  # one position: itself, index 0
+    assert torch.equal(max_over_positions(single)[1], torch.zeros(3, 50, dtype=torch.long))
 
 
 def test_chunked_max_pool_row_without_positions_gets_minus_infinity_and_no_gradient():

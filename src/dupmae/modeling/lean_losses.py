@@ -67,6 +67,20 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 # -- BoW: max over positions of the vocabulary logits --------------------------------------------------
 
 
+def max_over_positions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits.max(dim=1)` of `[B, C, V]`: the max over positions and its first arg-max, `[B, V]` each.
+
+    On the CPU through `max_pool1d` on the `[B, V, C]` view (no copy): PyTorch's reduction over a
+    middle dimension ran at ~2.5 GB/s on the machine of docs/benchmarks.md (29 ms for a
+    `[16, 64, 30522]` bf16 chunk), its pooling kernel in 5 ms, with the same values and the same
+    indices (the first of tied positions; NaN wins in both)."""
+    if logits.device.type != "cpu" or logits.shape[1] == 0:
+        return logits.max(dim=1)
+    values, indices = F.max_pool1d(logits.transpose(1, 2), logits.shape[1], return_indices=True)  # [B, V, 1]
+    return values.squeeze(-1), indices.squeeze(-1)
+
+
+
 class _ChunkedMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, transformed, weight, bias, pool_mask, chunk_size, compute_dtype):
@@ -80,7 +94,7 @@ class _ChunkedMaxPool(torch.autograd.Function):
             # strided 3-D input can make F.linear broadcast the weight into a [B, d, V] batched product)
             logits = F.linear(chunk, low_weight, low_bias).view(batch, stop - start, -1)  # [B, C, V]: the only big tensor
             logits.masked_fill_(~pool_mask[:, start:stop, None], float("-inf"))
-            chunk_max, chunk_argmax = logits.max(dim=1)  # [B, V]
+            chunk_max, chunk_argmax = max_over_positions(logits)  # [B, V]
             del logits
             better = chunk_max > pooled  # strict: a tie keeps the earlier position
             pooled = torch.where(better, chunk_max, pooled)
