@@ -222,6 +222,21 @@ def test_changing_the_metrics_reruns_no_stage(setup):
     rerun(setup)  # leave the default report behind
 
 
+def test_stage_keys_ignore_logging_and_allocator_settings_only():
+    """Settings that cannot change a stage's outputs (logging, `keep_freed_memory`) leave its key
+    alone, so switching them reuses the cache; a training setting changes it."""
+    from dupmae.pipeline.run import stage_key
+    from dupmae.pipeline.stages import Stage
+
+    def key(pretrain: dict) -> str:
+        return stage_key(Stage("pretrain", "", {"pretrain": pretrain, "seed": 1}, (), None), {})
+
+    base = key({"learning_rate": 1e-5})
+    assert key({"learning_rate": 1e-5, "keep_freed_memory": False, "logging_steps": 5}) == base
+    assert key({"learning_rate": 1e-4}) != base
+    assert key({"learning_rate": 1e-5, "fast_dropout": False}) != base  # other dropout masks: other weights
+
+
 def test_a_subset_of_systems_without_dev_split(setup, tmp_path):
     config = load_pipeline_config(setup["config"], ["systems=[bm25]", "dev_fraction=0"])
     results = run_pipeline(config, tmp_path / "out", setup["root"] / "data", stream=io.StringIO())

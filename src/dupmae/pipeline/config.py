@@ -27,9 +27,11 @@ SIGNIFICANCE_METHODS = ("auto", "t-test", "permutation")
 PRETRAIN_CONTROLLED = ("data", "model", "model_config", "tokenizer", "resume", "output_dir", "seed")
 FINETUNE_CONTROLLED = ("model", "data", "split", "negatives", "dev_fraction", "resume", "output_dir", "seed",
                        "representation")
-# Settings that change how a stage logs or checkpoints, never what it produces: left out of stage hashes.
+# Settings that change how a stage logs, checkpoints or allocates memory, never what it produces: left
+# out of stage hashes.
 NOT_HASHED = frozenset({"report_to", "disable_tqdm", "logging_steps", "logging_first_step", "save_steps",
-                        "save_strategy", "save_total_limit", "dataloader_num_workers", "log_level", "num_proc"})
+                        "save_strategy", "save_total_limit", "dataloader_num_workers", "log_level", "num_proc",
+                        "keep_freed_memory"})
 
 # How the starting model is wrapped for the zero-shot baseline: the way sentence-transformers uses
 # all-MiniLM-L6-v2 (mean pooling, cosine), see scripts/make_retriever.py and docs/results.md.
