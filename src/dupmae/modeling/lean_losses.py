@@ -80,7 +80,6 @@ def max_over_positions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     return values.squeeze(-1), indices.squeeze(-1)
 
 
-
 class _ChunkedMaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, transformed, weight, bias, pool_mask, chunk_size, compute_dtype):
