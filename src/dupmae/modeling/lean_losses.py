@@ -74,7 +74,7 @@ def max_over_positions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     middle dimension ran at ~2.5 GB/s on the machine of docs/benchmarks.md (29 ms for a
     `[16, 64, 30522]` bf16 chunk), its pooling kernel in 5 ms, with the same values and the same
     indices (the first of tied positions; NaN wins in both)."""
-    if logits.device.type != "cpu" or logits.shape[1] == 0:
+    if logits.device.type != "cpu":
         return logits.max(dim=1)
     values, indices = F.max_pool1d(logits.transpose(1, 2), logits.shape[1], return_indices=True)  # [B, V, 1]
     return values.squeeze(-1), indices.squeeze(-1)

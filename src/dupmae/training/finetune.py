@@ -21,10 +21,10 @@ from transformers import Trainer, TrainingArguments, set_seed
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
 from dupmae.modeling.fast_dropout import use_fast_dropout
-from dupmae.training.allocator import keep_freed_memory
 from dupmae.modeling.head_init import MISSING_HEAD_INITS
 from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
+from dupmae.training.allocator import keep_freed_memory
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
 from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume, train_or_finish

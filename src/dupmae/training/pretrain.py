@@ -26,9 +26,9 @@ from transformers import (
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.fast_dropout import use_fast_dropout
-from dupmae.training.allocator import keep_freed_memory
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
+from dupmae.training.allocator import keep_freed_memory
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
     CollatorEpochCallback,
