@@ -85,10 +85,20 @@ def run_two_gloo_processes(arguments: list[str], env: dict, output: "Path | None
     for attempt in (1, 2):
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                    str(free_port()), *arguments]
+        process = subprocess.Popen(command, env=env)
         try:
-            subprocess.run(command, check=True, env=env, timeout=timeout)
+            if process.wait(timeout=timeout):
+                raise subprocess.CalledProcessError(process.returncode, command)
             return
         except subprocess.TimeoutExpired:
+            # SIGTERM first: torchrun passes it on to its worker ranks (they run in sessions of their
+            # own, and a SIGKILL of torchrun alone left a hung rank running)
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             if attempt == 2:
                 raise
             if output is not None:
