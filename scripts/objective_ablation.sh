@@ -25,6 +25,8 @@
 #   epochs-lr, epochs-freeze  the lr 1e-5 / freeze rows with 4 fine-tuning epochs
 #   epochs-lr-dupmae-rep, seeds-epochs-lr-dupmae-rep  the epochs-lr row (seed 42; seeds 1 and 2)
 #               with representation dupmae (dense + sparse)
+#   hybrid      the epochs-lr rows of both representations, seeds 42, 1 and 2, rerun after the hybrid
+#               systems (`+ BM25`, docs/pipeline.md) were added: every stage is cached but the fusions
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -62,6 +64,9 @@ for phase in $phases; do
         epochs-lr) run dupmae 42 "[cls]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 ;;
         epochs-lr-dupmae-rep) run dupmae 42 "[dupmae]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 ;;
         seeds-epochs-lr-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4; done ;;
+        hybrid) for seed in 42 1 2; do for rep in cls dupmae; do
+                    run dupmae "$seed" "[$rep]" lr1e-5-ep4-hybrid pretrain.learning_rate=1e-5 finetune.num_train_epochs=4
+                done; done ;;
         epochs-freeze) run dupmae 42 "[cls]" fz100-ep4 pretrain.freeze_encoder_steps=100 finetune.num_train_epochs=4 ;;
         seeds-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5 pretrain.learning_rate=1e-5; done ;;
         seeds-freeze) for seed in 1 2; do run dupmae "$seed" "[cls]" fz100 pretrain.freeze_encoder_steps=100; done ;;

@@ -20,6 +20,7 @@ VERBS = {
     "search": ("dupmae.retrieval.search", "exact DupMAE search of an index, written as a TREC run"),
     "plot": ("dupmae.evaluation.plots", "plot the loss terms and accuracies of a pre-training run"),
     "mine": ("dupmae.retrieval.mine", "mine hard negatives for fine-tuning with BM25 (or a retriever model)"),
+    "fuse": ("dupmae.retrieval.fusion", "fuse two TREC runs (e.g. a retriever's and BM25's) into a hybrid run"),
     "evaluate": ("dupmae.evaluation.evaluate", "score a TREC run against qrels (nDCG, MRR, recall, MAP, P)"),
     "run": ("dupmae.pipeline.run", "the whole domain-adaptation pipeline on a BEIR collection, with a report"),
 }

@@ -33,7 +33,9 @@ from test_finetune import tiny_encoder_dir
 from tiny import WORDS, free_port
 
 ALL_STAGES = ["data", "bm25", "zero-shot", "eval-zero-shot", "mine", "finetune-cls", "eval-finetune-cls",
-              "prepare", "pretrain", "dupmae-finetune-cls", "eval-dupmae-finetune-cls"]
+              "prepare", "pretrain", "dupmae-finetune-cls", "eval-dupmae-finetune-cls",
+              "hybrid-zero-shot", "hybrid-ft-cls", "hybrid-dupmae-ft-cls"]
+SYSTEMS = ["bm25", "zero-shot", "ft-cls", "dupmae-ft-cls", "zero-shot+bm25", "ft-cls+bm25", "dupmae-ft-cls+bm25"]
 
 
 def write_collection(folder: Path, documents: int = 40) -> Path:
@@ -90,13 +92,13 @@ def rerun(setup, *overrides: str) -> tuple[dict, str]:
 def test_end_to_end_every_stage_runs_and_writes_its_marker(setup):
     results, output = setup["results"], setup["output"]
     assert results["timings"]["stages_run"] == ALL_STAGES
-    assert list(results["systems"]) == ["bm25", "zero-shot", "ft-cls", "dupmae-ft-cls"]
+    assert list(results["systems"]) == SYSTEMS
     for system in results["systems"].values():
         for split in ("test", "dev"):
             assert set(system[split]) == {"ndcg@10", "mrr@10", "recall@100"}
             assert all(0.0 <= value <= 1.0 for value in system[split].values())
     assert results["collection"]["test_queries"] == 8 and results["collection"]["dev_queries"] == 5
-    assert results["best_baseline"]["test"] in ("bm25", "zero-shot", "ft-cls")
+    assert results["best_baseline"]["test"] in ("bm25", "zero-shot", "ft-cls", "zero-shot+bm25", "ft-cls+bm25")
     # BM25 finds these lexical matches: a sanity check that runs and qrels line up
     assert results["systems"]["bm25"]["test"]["recall@100"] == 1.0
     folders = sorted(p.name for p in (output / "stages").iterdir())
@@ -134,7 +136,7 @@ def test_second_run_runs_no_stage(setup):
 def test_changing_a_finetuning_setting_reruns_only_finetuning_and_what_follows(setup):
     results, _ = rerun(setup, "finetune.learning_rate=5e-4", "keep_checkpoints=false")
     assert results["timings"]["stages_run"] == ["finetune-cls", "eval-finetune-cls", "dupmae-finetune-cls",
-                                                "eval-dupmae-finetune-cls"]
+                                                "eval-dupmae-finetune-cls", "hybrid-ft-cls", "hybrid-dupmae-ft-cls"]
     assert results["systems"]["bm25"] == setup["results"]["systems"]["bm25"]
     stages = setup["output"] / "stages"
     assert len(list(stages.glob("finetune-cls-*"))) == 2  # the old folder stays: switching back is free
@@ -147,7 +149,12 @@ def test_changing_a_finetuning_setting_reruns_only_finetuning_and_what_follows(s
     assert results["timings"]["stages_run"] == []
     # pre-training settings reach pre-training and what follows it only
     results, _ = rerun(setup, "pretrain.max_steps=2")
-    assert results["timings"]["stages_run"] == ["pretrain", "dupmae-finetune-cls", "eval-dupmae-finetune-cls"]
+    assert results["timings"]["stages_run"] == ["pretrain", "dupmae-finetune-cls", "eval-dupmae-finetune-cls",
+                                                "hybrid-dupmae-ft-cls"]
+    # fusion settings reach the hybrids only
+    results, _ = rerun(setup, "hybrid.method=rrf")
+    assert results["timings"]["stages_run"] == ["hybrid-zero-shot", "hybrid-ft-cls", "hybrid-dupmae-ft-cls"]
+    rerun(setup)  # leave the default report behind
 
 
 def test_an_interrupted_stage_resumes_from_its_checkpoint(setup):
@@ -222,6 +229,45 @@ def test_changing_the_metrics_reruns_no_stage(setup):
     rerun(setup)  # leave the default report behind
 
 
+def test_hybrids_fuse_each_neural_run_with_bm25_at_the_dev_chosen_weight(setup):
+    """A hybrid's runs are `fuse` of its two systems' runs at the weight `choose_weight` picks on dev,
+    cut to top_k; the DupMAE hybrid is compared with the plain fine-tuned hybrid."""
+    from dupmae.data.beir import load_qrels
+    from dupmae.retrieval.fusion import choose_weight, fuse
+    from dupmae.retrieval.trec import ranked, read_run
+
+    results, stages = setup["results"], setup["output"] / "stages"
+    runs = lambda system, split: read_run(str(stages / results["systems"][system]["stage"] / f"{split}.trec"))
+    dev_qrels = load_qrels(str(next(stages.glob("data-*")) / "dev_qrels.tsv"))
+    for system in ("zero-shot", "ft-cls", "dupmae-ft-cls"):
+        weight, by_weight = choose_weight(runs(system, "dev"), runs("bm25", "dev"), dev_qrels, depth=20)
+        fusion = results["systems"][f"{system}+bm25"]["fusion"]
+        assert fusion == {"weight": weight, "chosen_on": "dev", "method": "minmax",
+                          "dev_by_weight": {str(w): v for w, v in by_weight.items()}}
+        assert results["systems"][f"{system}+bm25"]["dev"]["ndcg@10"] == pytest.approx(by_weight[weight])
+        for split in ("test", "dev"):
+            expected = fuse(runs(system, split), runs("bm25", split), weight, depth=20)
+            written = runs(f"{system}+bm25", split)
+            assert written.keys() == expected.keys()
+            for query_id, hits in written.items():
+                top = ranked(expected[query_id])[:20]
+                assert hits == pytest.approx(dict(top))
+    effect = results["dupmae_vs_same_finetuning"]["test"]
+    assert effect["dupmae-ft-cls+bm25"]["against"] == "ft-cls+bm25" and effect["dupmae-ft-cls"]["against"] == "ft-cls"
+    report = (setup["output"] / "report.md").read_text()
+    assert "## Hybrids" in report
+    assert f"| model fine-tuned (cls) + BM25 | minmax | {results['systems']['ft-cls+bm25']['fusion']['weight']:.2f} | dev |" in report
+
+
+def test_hybrid_weight_needs_a_dev_split_or_a_setting(setup):
+    with pytest.raises(ConfigError, match="hybrid.weight"):
+        load_pipeline_config(setup["config"], ["dev_fraction=0"])
+    assert load_pipeline_config(setup["config"], ["dev_fraction=0", "hybrid.weight=0.6"]).hybrid.weight == 0.6
+    assert not load_pipeline_config(setup["config"], ["dev_fraction=0", "systems=[finetune,dupmae]"]).hybrids_wanted()
+    with pytest.raises(ConfigError, match="hybrid.weight must be in"):
+        load_pipeline_config(setup["config"], ["hybrid.weight=1.5"])
+
+
 def test_stage_keys_ignore_logging_and_allocator_settings_only():
     """Settings that cannot change a stage's outputs (logging, `keep_freed_memory`) leave its key
     alone, so switching them reuses the cache; a training setting changes it."""
@@ -252,7 +298,8 @@ def test_dry_run_lists_stages_per_representation(setup, capsys):
     err = capsys.readouterr().err
     assert "fine-tune model (dupmae representation) ... would run in stages/finetune-dupmae-" in err
     assert "fine-tune the DupMAE export (dupmae representation) ... would run in stages/dupmae-finetune-dupmae-" in err
-    assert err.count("would run") == 4  # finetune-dupmae, its eval, and the same from the DupMAE export
+    # finetune-dupmae, its eval, and the same from the DupMAE export; the two hybrids of those
+    assert err.count("would run") == 6
     assert err.count("... cached") == len(ALL_STAGES)  # the cls stages are all there
 
 

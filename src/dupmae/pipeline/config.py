@@ -100,6 +100,28 @@ class EncodeSettings:
 
 
 @dataclass
+class HybridSettings:
+    """Hybrid systems: each neural system's run fused with BM25's (`dupmae fuse`, `dupmae.retrieval.fusion`)."""
+
+    enabled: bool = _setting(True, "Add '<system> + BM25' for every neural system when bm25 is among the systems.")
+    method: str = _setting("minmax", "minmax (min-max normalised scores) | rrf (reciprocal ranks).",
+                           choices=["minmax", "rrf"])
+    depth: int | None = _setting(None, "Hits of each run that enter the fusion, per query (default: top_k).")
+    weight: float | None = _setting(
+        None, "Weight of the neural run (BM25 gets 1 - weight); null: chosen on the dev split from 0, 0.1, ..., 1 "
+              "by the primary metric.")
+    rrf_k: float = _setting(60.0, "k of 1 / (k + rank) for method rrf.")
+
+    def __post_init__(self) -> None:
+        if self.depth is not None and self.depth < 1:
+            raise ConfigError("hybrid.depth must be >= 1 (or null for top_k)")
+        if self.weight is not None and not 0 <= self.weight <= 1:
+            raise ConfigError("hybrid.weight must be in [0, 1] (or null to choose it on the dev split)")
+        if self.rrf_k < 0:
+            raise ConfigError("hybrid.rrf_k must be >= 0")
+
+
+@dataclass
 class PipelineConfig:
     """Everything `dupmae run` does; see docs/pipeline.md."""
 
@@ -148,6 +170,7 @@ class PipelineConfig:
         {}, "Per representation name, RepresentationConfig fields overriding the defaults "
             + json.dumps(REPRESENTATION_DEFAULTS) + ".")
     encode: EncodeSettings = _setting(EncodeSettings(), "Encoding settings.")
+    hybrid: HybridSettings = _setting(HybridSettings(), "Hybrid systems: neural run + BM25 run.")
 
     def __post_init__(self) -> None:
         if not self.systems:
@@ -163,8 +186,15 @@ class PipelineConfig:
         if self.train_split == self.test_split:
             raise ConfigError("train_split and test_split must differ: the test queries are only for reporting")
         self._check_metrics()
+        if self.hybrids_wanted() and self.hybrid.weight is None and not self.dev_fraction:
+            raise ConfigError("hybrid systems choose their weight on the dev split, but dev_fraction is 0: set "
+                              "hybrid.weight, or dev_fraction > 0, or hybrid.enabled: false")
         self.zero_shot = _representation_config({**ZERO_SHOT_DEFAULTS, **self.zero_shot}, "zero_shot")
         self._resolve_training_sections()
+
+    def hybrids_wanted(self) -> bool:
+        """Whether the plan fuses neural systems with BM25 (enabled, BM25 run, and a neural system)."""
+        return self.hybrid.enabled and "bm25" in self.systems and bool({"zero-shot", "finetune", "dupmae"} & set(self.systems))
 
     # -- validation of the sections -----------------------------------------------------------
     def _check_metrics(self) -> None:

@@ -80,6 +80,9 @@ def build_results(env: Environment, the_plan: Plan, finished: dict[str, Finished
             "label": system.label, "kind": system.kind, "representation": system.representation,
             "stage": stage.folder.name, **{split: evaluations[system.id][split]["metrics"] for split in splits},
         }
+        if "weight" in stage.outputs:  # a hybrid: how its runs were fused
+            systems[system.id]["fusion"] = {key: stage.outputs[key] for key in ("weight", "chosen_on", "method",
+                                                                                 "dev_by_weight")}
 
     def per_query(system_id: str, split: str) -> dict[str, float]:
         return {q: values[primary] for q, values in evaluations[system_id][split]["per_query"].items()}
@@ -203,6 +206,23 @@ def _dupmae_table(results: dict, split: str) -> list[str]:
     return lines
 
 
+def _hybrid_lines(results: dict) -> list[str]:
+    """How each '<system> + BM25' was fused (weight of the neural run, and where it came from)."""
+    hybrids = {system_id: system for system_id, system in results["systems"].items() if "fusion" in system}
+    if not hybrids:
+        return []
+    primary = metric_label(results["primary_metric"])
+    lines = ["## Hybrids", "",
+             "Each `+ BM25` system fuses the neural system's run with BM25's per query (`dupmae fuse`): "
+             "weight × neural + (1 − weight) × BM25 after normalising each run's scores. A weight chosen on the "
+             f"dev split (the best dev {primary} of 0, 0.1, …, 1) makes that system's dev row optimistic; its "
+             "test row is a fair report.", "", "| system | method | weight of the neural run | chosen on |",
+             "|---|---|---|---|"]
+    lines += [f"| {system['label']} | {system['fusion']['method']} | {system['fusion']['weight']:.2f} | "
+              f"{system['fusion']['chosen_on']} |" for system in hybrids.values()]
+    return lines + [""]
+
+
 def render_report(results: dict, plots: dict[str, str]) -> str:
     import yaml
 
@@ -235,6 +255,7 @@ def render_report(results: dict, plots: dict[str, str]) -> str:
         if effect:
             lines += [f"DupMAE continued pre-training vs the same fine-tuning from the starting model ({split}):", ""]
             lines += effect + [""]
+    lines += _hybrid_lines(results)
     if plots:
         lines += ["## Plots", ""]
         if "metrics" in plots:

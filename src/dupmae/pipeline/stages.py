@@ -15,7 +15,8 @@ The plan (systems in brackets):
           │         └───────────────┐
           └─ prepare ── pretrain ───┴─ dupmae-finetune-R ── eval-dupmae-finetune-R  [dupmae-ft-R]
 
-(R: each fine-tuning representation of the config, e.g. cls.)
+(R: each fine-tuning representation of the config, e.g. cls.) With `hybrid.enabled` and BM25 among
+the systems, every neural system S also gets a hybrid: bm25 + eval-S ── hybrid-S  [S+bm25].
 """
 
 from __future__ import annotations
@@ -174,6 +175,18 @@ def plan(env: Environment) -> Plan:
             result.systems.append(System(f"dupmae-ft-{name}", f"{method} + fine-tuned ({name})", "dupmae",
                                          f"eval-dupmae-finetune-{name}", representation=name,
                                          without_dupmae=baseline))
+
+    if config.hybrids_wanted():
+        settings = {"method": config.hybrid.method, "depth": config.hybrid.depth or config.top_k,
+                    "weight": config.hybrid.weight, "rrf_k": config.hybrid.rrf_k, "metric": config.primary_metric,
+                    "top_k": config.top_k}
+        for system in [s for s in result.systems if s.id != "bm25"]:
+            add(Stage(f"hybrid-{system.id}", f"{system.label} + BM25: fuse the runs", settings,
+                      ("data", "bm25", system.eval_stage), partial(run_hybrid, neural_stage=system.eval_stage)))
+            result.systems.append(System(
+                f"{system.id}+bm25", f"{system.label} + BM25", system.kind, f"hybrid-{system.id}",
+                representation=system.representation,
+                without_dupmae=f"{system.without_dupmae}+bm25" if system.without_dupmae else None))
     return result
 
 
@@ -399,3 +412,28 @@ def run_eval(context: Context, model_stage: str) -> dict:
     results = {split: search_index(retriever, index, {q: queries[q] for q in load_qrels(str(qrels))}, env.config.top_k)
                for split, qrels in _splits(context)}
     return {"index": "index", **_write_runs(context, results)}
+
+
+def run_hybrid(context: Context, neural_stage: str) -> dict:
+    """`dupmae fuse` of a neural system's runs with BM25's; the weight is set or chosen on the dev split."""
+    from dupmae.data.beir import load_qrels
+    from dupmae.retrieval.fusion import choose_weight, fuse
+    from dupmae.retrieval.trec import ranked, read_run
+
+    config = context.env.config
+    options = {"method": config.hybrid.method, "depth": config.hybrid.depth or config.top_k,
+               "rrf_k": config.hybrid.rrf_k}
+    neural, bm25 = context.inputs[neural_stage], context.inputs["bm25"]
+    splits = dict(_splits(context))
+    runs = {split: (read_run(str(neural.path_of("runs", split))), read_run(str(bm25.path_of("runs", split))))
+            for split in splits}
+    weight, by_weight = config.hybrid.weight, {}
+    if weight is None:  # the config check makes sure a dev split exists
+        weight, by_weight = choose_weight(*runs["dev"], load_qrels(str(splits["dev"])), config.primary_metric,
+                                          **options)
+    results = {}
+    for split, (first, second) in runs.items():
+        fused = fuse(first, second, weight, **options)
+        results[split] = {query_id: ranked(hits)[:config.top_k] for query_id, hits in fused.items()}
+    return {**_write_runs(context, results), "weight": weight, "chosen_on": "dev" if by_weight else "config",
+            "method": options["method"], "dev_by_weight": {str(w): value for w, value in by_weight.items()}}
