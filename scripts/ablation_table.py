@@ -8,7 +8,8 @@ system of a run whose `pretrain.objective` was that objective. Values are `mean 
 over the seeds found; with one seed, the paired test against `none` (same seed, same fine-tuning)
 stored by the run is shown. BM25 and the zero-shot model head the table. When the runs differ in
 the continued pre-training's learning rate or frozen-encoder steps, or in the fine-tuning epochs (the
-`lr`, `freeze` and `epochs` phases), the rows name them.
+`lr`, `freeze` and `epochs` phases), the rows name them. Hybrid systems (`<system> + BM25`, the
+`hybrid` phase) get rows of their own, after the plain ones of their representation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import sys
 from collections import defaultdict
 
 OBJECTIVES = ("none", "mlm", "retromae", "bow_only", "dupmae")
+HYBRID = "+bm25"  # system id suffix of a hybrid (`dupmae run` fuses each neural system with BM25)
 
 
 VARIED = (("pretrain", "learning_rate", "lr {:g}"), ("pretrain", "freeze_encoder_steps", "encoder frozen {:g} steps"),
@@ -54,15 +56,17 @@ def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
         seed = run["config"]["seed"]
         for system_id, system in run["systems"].items():
             representation = system.get("representation")
-            if system_id in ("bm25", "zero-shot"):
+            base = system_id.removesuffix(HYBRID)
+            suffix = " + BM25" if base != system_id else ""
+            if base in ("bm25", "zero-shot"):
                 key = (system["label"], "")
-            elif system_id.startswith("dupmae-ft-"):
-                key = (label(run, objective), representation)
+            elif base.startswith("dupmae-ft-"):
+                key = (label(run, objective) + suffix, representation)
                 effect = run["dupmae_vs_same_finetuning"].get(split, {}).get(system_id)
                 if effect and effect.get("p_value") is not None:
                     p_values[key].append(effect["p_value"])
-            elif system_id.startswith("ft-"):
-                key = (label(run, "none"), representation)
+            elif base.startswith("ft-"):
+                key = (label(run, "none") + suffix, representation)
             else:
                 continue
             rows[key][seed] = system[split]  # a system shared by several runs of one seed counts once
@@ -71,10 +75,12 @@ def collect(runs: list[dict], split: str) -> tuple[dict, dict]:
 
 def order(key: tuple[str, str]) -> tuple:
     label, representation = key
+    hybrid = label.endswith(" + BM25")
     if not representation:  # baselines first
-        return (0, label, 0, label)
-    objective = label.split(",")[0]
-    return (1, representation, OBJECTIVES.index(objective) if objective in OBJECTIVES else len(OBJECTIVES), label)
+        return (0, label, hybrid, 0, label)
+    objective = label.removesuffix(" + BM25").split(",")[0]
+    return (1, representation, hybrid, OBJECTIVES.index(objective) if objective in OBJECTIVES else len(OBJECTIVES),
+            label)
 
 
 def main(argv: list[str] | None = None) -> int:
