@@ -88,11 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablation", action="store_true",
                         help="also time ours with plain PyTorch linears (no oneDNN), to show what it buys")
     parser.add_argument("--quick", action="store_true", help="256 documents, 1 repeat")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc keeps freed memory (as `dupmae encode` does by default), for both sides")
     parser.add_argument("--json", default=None, help="write the numbers to this file too")
     args = parser.parse_args(argv)
     if args.quick:
         args.documents, args.repeats = args.documents or 256, 1
     torch.set_num_threads(args.threads)
+    if args.keep_freed_memory:
+        from dupmae.training.allocator import keep_freed_memory
+
+        print(f"keep freed memory: {keep_freed_memory()}")
     model_path = args.model or minilm_path()
     texts = load_texts(Path(args.corpus), args.documents)
 

@@ -27,6 +27,8 @@
 #               with representation dupmae (dense + sparse)
 #   hybrid      the epochs-lr rows of both representations, seeds 42, 1 and 2, rerun after the hybrid
 #               systems (`+ BM25`, docs/pipeline.md) were added: every stage is cached but the fusions
+#   hybrid-rrf  the same with reciprocal-rank fusion instead of min-max scores (the dev choice of
+#               hybrid.method)
 # Then: python scripts/ablation_table.py OUTPUT/results-*.json
 set -euo pipefail
 output=${1:-runs/ablation}
@@ -66,6 +68,10 @@ for phase in $phases; do
         seeds-epochs-lr-dupmae-rep) for seed in 1 2; do run dupmae "$seed" "[dupmae]" lr1e-5-ep4 pretrain.learning_rate=1e-5 finetune.num_train_epochs=4; done ;;
         hybrid) for seed in 42 1 2; do for rep in cls dupmae; do
                     run dupmae "$seed" "[$rep]" lr1e-5-ep4-hybrid pretrain.learning_rate=1e-5 finetune.num_train_epochs=4
+                done; done ;;
+        hybrid-rrf) for seed in 42 1 2; do for rep in cls dupmae; do
+                    run dupmae "$seed" "[$rep]" lr1e-5-ep4-hybrid-rrf pretrain.learning_rate=1e-5 finetune.num_train_epochs=4 \
+                        hybrid.method=rrf
                 done; done ;;
         epochs-freeze) run dupmae 42 "[cls]" fz100-ep4 pretrain.freeze_encoder_steps=100 finetune.num_train_epochs=4 ;;
         seeds-lr) for seed in 1 2; do run dupmae "$seed" "[cls]" lr1e-5 pretrain.learning_rate=1e-5; done ;;

@@ -18,13 +18,14 @@ from tiny import build_bpe_tokenizer, build_wordpiece_tokenizer  # noqa: E402
 @pytest.fixture(autouse=True)
 def allocator_calls(monkeypatch) -> list:
     """`keep_freed_memory` changes glibc's malloc for the whole process and for good: training
-    commands under test record the call here instead (tests/test_allocator.py tests the real one
+    and encoding commands under test record the call here instead (tests/test_allocator.py tests the real one
     in subprocesses)."""
+    import dupmae.retrieval.encode
     import dupmae.training.finetune
     import dupmae.training.pretrain
 
     calls = []
-    for module in (dupmae.training.finetune, dupmae.training.pretrain):
+    for module in (dupmae.training.finetune, dupmae.training.pretrain, dupmae.retrieval.encode):
         monkeypatch.setattr(module, "keep_freed_memory", lambda: calls.append(1) or True)
     return calls
 

@@ -88,3 +88,16 @@ def test_approximate_dense_candidates_are_rescored_exactly(tmp_path, retriever_d
         for doc_id, value in hits.items():
             assert value == pytest.approx(every[query_id][doc_id], rel=1e-5)
     assert cli([*common, "--output", str(tmp_path / "x.trec"), "--dense-index", "NoSuchIndex"]) == 2
+
+
+def test_encode_keeps_freed_memory_unless_told_not_to(tmp_path, retriever_dir, allocator_calls, capsys):
+    beir = write_beir(tmp_path / "beir")
+    common = ["encode", "--model", retriever_dir, "--corpus", str(beir), "--part-size", "100"]
+    assert cli([*common, "--output", str(tmp_path / "on")]) == 0
+    assert allocator_calls == [1]
+    assert cli([*common, "--output", str(tmp_path / "off"), "--keep-freed-memory", "false"]) == 0
+    assert allocator_calls == [1]
+    on, off = (index_parts(tmp_path / name) for name in ("on", "off"))
+    assert [p.read_bytes() for p in on] == [p.read_bytes() for p in off]  # where memory comes from changes no vector
+    assert cli([*common, "--output", str(tmp_path / "bad"), "--keep-freed-memory", "maybe"]) == 2
+    assert "expected true or false, got 'maybe'" in capsys.readouterr().err

@@ -24,6 +24,7 @@ import safetensors.numpy
 
 from dupmae.data.beir import load_corpus
 from dupmae.data.formats import file_sha256
+from dupmae.training.allocator import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 INDEX_MANIFEST = "index.json"
@@ -108,6 +109,16 @@ def encode_corpus(model: str, corpus_path: str, output: str | Path, shard: tuple
     return encoded
 
 
+def flag(text: str) -> bool:
+    """An on/off command-line value: true/false, yes/no, on/off, 1/0."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
 def main(argv: list[str]) -> int:
     from dupmae.retrieval.mine import input_paths
 
@@ -119,7 +130,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--part-size", type=int, default=10_000, help="documents per part file")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (where the hardware supports it)")
+    parser.add_argument("--keep-freed-memory", type=flag, default=True, metavar="{true,false}",
+                        help="keep freed memory in the process for the next batch (glibc; faster, higher resident "
+                             "memory; docs/benchmarks.md) (default: true)")
     args = parser.parse_args(argv)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     try:
         corpus_path = input_paths(args.corpus, None)[0] if os.path.isdir(args.corpus) else args.corpus
         if not os.path.isfile(corpus_path):
