@@ -73,11 +73,15 @@ def test_fuse_command_with_a_weight_and_with_a_dev_choice(tmp_path, capsys):
     report = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert report["weight"] == 0.3 and report["ndcg@10"]["1.0"] < 1.0 == report["ndcg@10"]["0.3"]
     assert read_run(str(tmp_path / "chosen.trec"))["q"] == pytest.approx(fuse(neural, bm25, 0.3)["q"])
+    # --top-k keeps the best fused hits: at weight 0.3, c (0.7) then a (0.3)
+    assert cli(["fuse", *runs, "--weight", "0.3", "--top-k", "2", "--output", str(tmp_path / "top.trec")]) == 0
+    assert read_run(str(tmp_path / "top.trec"))["q"] == pytest.approx({"c": 0.7, "a": 0.3})
 
 
 @pytest.mark.parametrize("arguments, message", [
     (["--weight", "1.5"], "weight must be in [0, 1]"),
     (["--weight", "0.5", "--depth", "0"], "depth must be >= 1"),
+    (["--weight", "0.5", "--top-k", "0"], "--top-k must be >= 1"),
     (["--dev-runs", "x", "y"], "--dev-runs needs --dev-qrels"),
     (["--weight", "0.5", "--dev-qrels", "q.tsv"], "--dev-qrels only goes with --dev-runs"),
 ])

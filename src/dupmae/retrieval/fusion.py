@@ -123,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "(default: %(default)s)")
     parser.add_argument("--rrf-k", type=float, default=60.0, help="k of 1 / (k + rank) for --method rrf "
                                                                  "(default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="keep the best K fused hits per query (default: all, up to 2 x depth)")
     parser.add_argument("--tag", default="dupmae-fuse", help="run tag written in the last column")
     return parser
 
@@ -140,6 +142,8 @@ def main(argv: list[str]) -> int:
     try:
         options = {"method": arguments.method, "depth": arguments.depth, "rrf_k": arguments.rrf_k}
         _check(**options)
+        if arguments.top_k is not None and arguments.top_k < 1:
+            raise ValueError(f"--top-k must be >= 1, got {arguments.top_k}")
         weight, values = arguments.weight, None
         if arguments.dev_runs:
             grid = [float(part) for part in arguments.weights.split(",") if part.strip()]
@@ -147,7 +151,8 @@ def main(argv: list[str]) -> int:
                                            load_qrels(arguments.dev_qrels), arguments.metric, grid, **options)
             print(json.dumps({"weight": weight, arguments.metric: values}), file=sys.stderr)
         fused = fuse(read_run(arguments.runs[0]), read_run(arguments.runs[1]), weight, **options)
-        write_run(arguments.output, fused, arguments.tag)
+        write_run(arguments.output, {query_id: ranked(hits)[:arguments.top_k] for query_id, hits in fused.items()},
+                  arguments.tag)
     except (OSError, ValueError) as error:
         print(f"dupmae fuse: error: {error}", file=sys.stderr)
         return 2
