@@ -154,6 +154,10 @@ def test_changing_a_finetuning_setting_reruns_only_finetuning_and_what_follows(s
     # fusion settings reach the hybrids only
     results, _ = rerun(setup, "hybrid.method=rrf")
     assert results["timings"]["stages_run"] == ["hybrid-zero-shot", "hybrid-ft-cls", "hybrid-dupmae-ft-cls"]
+    results, _ = rerun(setup, "hybrid.weight=0.5")
+    assert results["timings"]["stages_run"] == ["hybrid-zero-shot", "hybrid-ft-cls", "hybrid-dupmae-ft-cls"]
+    assert results["systems"]["ft-cls+bm25"]["fusion"] == {"weight": 0.5, "chosen_on": "config", "method": "minmax",
+                                                           "dev_by_weight": {}}
     rerun(setup)  # leave the default report behind
 
 
