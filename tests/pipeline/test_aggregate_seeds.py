@@ -70,3 +70,20 @@ def test_ablation_table_names_varied_learning_rates_and_epochs(tmp_path, capsys)
         "| dupmae, lr 0.0001, fine-tuning epochs 4 | cls | 1 | 0.6900 | 0.500 |",
         "| dupmae, lr 1e-05, fine-tuning epochs 1 | cls | 1 | 0.6400 | 0.200 |",
     ]
+
+
+def test_ablation_table_keeps_hybrids_apart(tmp_path, capsys):
+    """`+bm25` systems get rows of their own, after the plain ones, never mixed into them."""
+    module = _load("ablation_table")
+    runs = []
+    for seed, (ft, dupmae, ft_hybrid, dupmae_hybrid) in ((42, (0.60, 0.62, 0.70, 0.74)), (1, (0.62, 0.64, 0.72, 0.76))):
+        run = _ablation_run("dupmae", seed, ft, dupmae, 0.5)
+        run["systems"]["ft-cls+bm25"] = {"label": "ft + BM25", "representation": "cls", "test": {"ndcg@10": ft_hybrid}}
+        run["systems"]["dupmae-ft-cls+bm25"] = {"label": "x + BM25", "representation": "cls",
+                                                "test": {"ndcg@10": dupmae_hybrid}}
+        runs.append(run)
+    assert module.main(_write_runs(tmp_path, runs)) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[3:] == ["| none | cls | 2 | 0.6100 ± 0.0141 |  |", "| dupmae | cls | 2 | 0.6300 ± 0.0141 |  |",
+                         "| none + BM25 | cls | 2 | 0.7100 ± 0.0141 |  |",
+                         "| dupmae + BM25 | cls | 2 | 0.7500 ± 0.0141 |  |"]
