@@ -87,3 +87,37 @@ def test_ablation_table_keeps_hybrids_apart(tmp_path, capsys):
     assert lines[3:] == ["| none | cls | 2 | 0.6100 ± 0.0141 |  |", "| dupmae | cls | 2 | 0.6300 ± 0.0141 |  |",
                          "| none + BM25 | cls | 2 | 0.7100 ± 0.0141 |  |",
                          "| dupmae + BM25 | cls | 2 | 0.7500 ± 0.0141 |  |"]
+
+
+def test_seed_pooled_test_averages_each_query_over_seeds_before_testing(tmp_path, capsys):
+    """Two seeds, two queries: A finds q1's document at rank 1 in both seeds and q2's only in seed 1;
+    B finds q1's at rank 2 and q2's at rank 1 in both. Per-query means over the seeds, by hand."""
+    import math
+
+    from dupmae.evaluation.significance import paired_test
+    from dupmae.retrieval.trec import write_run
+
+    module = _load("seed_pooled_test")
+    (tmp_path / "beir" / "qrels").mkdir(parents=True)
+    (tmp_path / "beir" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    runs = {1: {"A": {"q1": {"d1": 2.0, "x": 1.0}, "q2": {"d2": 2.0, "x": 1.0}},
+                "B": {"q1": {"x": 2.0, "d1": 1.0}, "q2": {"d2": 2.0}}},
+            2: {"A": {"q1": {"d1": 2.0}, "q2": {"x": 2.0}},
+                "B": {"q1": {"x": 2.0, "d1": 1.0}, "q2": {"d2": 2.0}}}}
+    paths = []
+    for seed, systems in runs.items():
+        out = tmp_path / f"out{seed}"
+        for system, run in systems.items():
+            (out / "stages" / f"{system}-stage").mkdir(parents=True)
+            write_run(str(out / "stages" / f"{system}-stage" / "test.trec"), run, "t")
+        results = {"config": {"seed": seed, "test_split": "test"}, "collection": {"folder": str(tmp_path / "beir")},
+                   "systems": {s: {"stage": f"{s}-stage"} for s in systems}, "timings": {"stages": []}}
+        (out / "results.json").write_text(json.dumps(results))
+        paths.append(str(out / "results.json"))
+    assert module.main([*paths, "--system", "A", "--against", "B"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    second = 1 / math.log2(3)  # nDCG@10 of the one relevant document at rank 2
+    a, b = [1.0, 0.5], [second, 1.0]  # per query (q1, q2), mean over the two seeds
+    expected = paired_test(a, b)
+    assert f"{sum(a) / 2:.4f} vs {sum(b) / 2:.4f}" in last
+    assert f"difference {expected.mean_difference:+.4f}" in last and f"p = {expected.p_value:.3f}" in last
