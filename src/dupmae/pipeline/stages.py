@@ -177,8 +177,7 @@ def plan(env: Environment) -> Plan:
                                          without_dupmae=baseline))
 
     if config.hybrids_wanted():
-        settings = {"method": config.hybrid.method, "depth": config.hybrid.depth or config.top_k,
-                    "weight": config.hybrid.weight, "rrf_k": config.hybrid.rrf_k, "metric": config.primary_metric,
+        settings = {**fusion_options(config), "weight": config.hybrid.weight, "metric": config.primary_metric,
                     "top_k": config.top_k}
         for system in [s for s in result.systems if s.id != "bm25"]:
             add(Stage(f"hybrid-{system.id}", f"{system.label} + BM25: fuse the runs", settings,
@@ -414,6 +413,11 @@ def run_eval(context: Context, model_stage: str) -> dict:
     return {"index": "index", **_write_runs(context, results)}
 
 
+def fusion_options(config: PipelineConfig) -> dict:
+    """The `dupmae.retrieval.fusion.fuse` keyword arguments of the `hybrid` section (depth null = top_k)."""
+    return {"method": config.hybrid.method, "depth": config.hybrid.depth or config.top_k, "rrf_k": config.hybrid.rrf_k}
+
+
 def run_hybrid(context: Context, neural_stage: str) -> dict:
     """`dupmae fuse` of a neural system's runs with BM25's; the weight is set or chosen on the dev split."""
     from dupmae.data.beir import load_qrels
@@ -421,8 +425,7 @@ def run_hybrid(context: Context, neural_stage: str) -> dict:
     from dupmae.retrieval.trec import ranked, read_run
 
     config = context.env.config
-    options = {"method": config.hybrid.method, "depth": config.hybrid.depth or config.top_k,
-               "rrf_k": config.hybrid.rrf_k}
+    options = fusion_options(config)
     neural, bm25 = context.inputs[neural_stage], context.inputs["bm25"]
     splits = dict(_splits(context))
     runs = {split: (read_run(str(neural.path_of("runs", split))), read_run(str(bm25.path_of("runs", split))))

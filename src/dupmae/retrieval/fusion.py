@@ -94,7 +94,7 @@ def choose_weight(first: Results, second: Results, qrels: Mapping[str, Mapping[s
     name = parse_metric(metric).name
     a, b = normalise(first, method, depth, rrf_k), normalise(second, method, depth, rrf_k)
     values = {float(w): evaluate(combine(a, b, float(w)), qrels, [name])["metrics"][name] for w in weights}
-    best = max(values, key=lambda w: (values[w], -list(values).index(w)))
+    best = max(values, key=values.get)  # max keeps the first of equal values
     return best, values
 
 
