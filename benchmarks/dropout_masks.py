@@ -1,4 +1,4 @@
-"""Dropout masks four to a random draw (`modeling/fast_dropout.py`) vs PyTorch's `bernoulli_`.
+"""Dropout masks four to a random draw (`platform/cpu/fast_dropout.py`) vs PyTorch's `bernoulli_`.
 
 1. The mask alone: one `[16, 12, L, L]` attention mask (BERT-base heads), median of 20 draws.
 2. Our pre-training step with each (benchmarks/pretrain_step.py's model, data and settings: random
@@ -25,7 +25,7 @@ from common import adamw, median, minilm_path, packed_examples, training_step  #
 
 def mask_times(length: int, repeats: int = 20) -> tuple[float, float]:
     """Milliseconds per `[16, 12, L, L]` keep-mask: (bernoulli_, keep_mask)."""
-    from dupmae.modeling.fast_dropout import keep_mask
+    from dupmae.platform.cpu.fast_dropout import keep_mask
 
     shape = (16, 12, length, length)
     timings = []

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         args.documents, args.repeats = args.documents or 256, 1
     torch.set_num_threads(args.threads)
     if args.keep_freed_memory:
-        from dupmae.training.allocator import keep_freed_memory
+        from dupmae.platform.cpu.allocator import keep_freed_memory
 
         print(f"keep freed memory: {keep_freed_memory()}")
     model_path = args.model or minilm_path()

@@ -4,7 +4,7 @@ all-MiniLM-L6-v2, `cls` representation (mean pooling), 8 queries x 64 tokens + 3
 tokens (groups of 4), AdamW, dropout on, 2 threads; median step time of 5 steps after a warm-up.
 Variants: `sdpa` (PyTorch's SDPA and `nn.Dropout`), `lean` (lean attention), `+fast` (the dropout
 modules swapped by `use_fast_dropout`, so lean attention draws fast masks too), `+keep` (glibc keeps
-freed memory, training/allocator.py): `lean+fast+keep` is what `dupmae finetune` does on a CPU by
+freed memory, platform/cpu/allocator.py): `lean+fast+keep` is what `dupmae finetune` does on a CPU by
 default. Each variant and precision runs in its own subprocess.
 
     python benchmarks/finetune_step.py
@@ -39,10 +39,10 @@ DEFAULT = VARIANTS[-1]  # `dupmae finetune`'s CPU defaults
 
 
 def worker(variant: str, precision: str, steps: int) -> dict:
-    from dupmae.modeling.fast_dropout import use_fast_dropout
-    from dupmae.modeling.lean_attention import use_lean_attention
+    from dupmae.platform.cpu.fast_dropout import use_fast_dropout
+    from dupmae.platform.cpu.lean_attention import use_lean_attention
     from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
-    from dupmae.training.allocator import keep_freed_memory
+    from dupmae.platform.cpu.allocator import keep_freed_memory
     from dupmae.training.contrastive import contrastive_loss
 
     parts = variant.split("+")

@@ -82,7 +82,7 @@ def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: flo
     model = DupMAEForPretraining(encoder, options)
     assert model.set_lean_attention(lean_attention)  # on by default, as in `dupmae pretrain`
     if fast_dropout:  # on by default, as in `dupmae pretrain`
-        from dupmae.modeling.fast_dropout import use_fast_dropout
+        from dupmae.platform.cpu.fast_dropout import use_fast_dropout
 
         use_fast_dropout(model)
     collator = PretrainingCollator(options, tokenizer.pad_token_id, tokenizer.mask_token_id, 30522)
@@ -99,7 +99,7 @@ def worker(args) -> dict:
 
     torch.set_num_threads(args.threads)
     if args.keep_freed_memory in ("both", args.impl):
-        from dupmae.training.allocator import keep_freed_memory
+        from dupmae.platform.cpu.allocator import keep_freed_memory
 
         keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())
@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--no-fast-dropout", action="store_true",
                         help="ours with PyTorch's dropout masks (one random draw per element), as before fast dropout")
     parser.add_argument("--keep-freed-memory", choices=["ours", "both", "none"], default="ours",
-                        help="which side runs with glibc keeping freed memory (training/allocator.py; "
+                        help="which side runs with glibc keeping freed memory (platform/cpu/allocator.py; "
                              "`dupmae pretrain` does by default, the released code does not)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every transformer layer")
     parser.add_argument("--quick", action="store_true", help="MiniLM size at L = 128 only, 2 steps")

@@ -37,7 +37,7 @@ def main() -> None:
 
     torch.set_num_threads(2)
     if not args.return_freed_memory:  # as `dupmae pretrain` does by default
-        from dupmae.training.allocator import keep_freed_memory
+        from dupmae.platform.cpu.allocator import keep_freed_memory
 
         keep_freed_memory()
     tokenizer = AutoTokenizer.from_pretrained(minilm_path())

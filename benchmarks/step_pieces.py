@@ -71,7 +71,7 @@ def rss_worker(keep: bool, steps: int, precision: str) -> dict:
     from common import minilm_path, packed_examples, training_step
     from transformers import AutoTokenizer
 
-    from dupmae.training.allocator import keep_freed_memory
+    from dupmae.platform.cpu.allocator import keep_freed_memory
 
     torch.set_num_threads(2)
     if keep:

@@ -20,13 +20,10 @@ def allocator_calls(monkeypatch) -> list:
     """`keep_freed_memory` changes glibc's malloc for the whole process and for good: training
     and encoding commands under test record the call here instead (tests/test_allocator.py tests the real one
     in subprocesses)."""
-    import dupmae.retrieval.encode
-    import dupmae.training.finetune
-    import dupmae.training.pretrain
+    import dupmae.platform.cpu.allocator
 
-    calls = []
-    for module in (dupmae.training.finetune, dupmae.training.pretrain, dupmae.retrieval.encode):
-        monkeypatch.setattr(module, "keep_freed_memory", lambda: calls.append(1) or True)
+    calls = []  # `dupmae.platform.prepare` imports it from its module at each call
+    monkeypatch.setattr(dupmae.platform.cpu.allocator, "keep_freed_memory", lambda: calls.append(1) or True)
     return calls
 
 

@@ -16,14 +16,14 @@ import sys
 
 import pytest
 
-from dupmae.training.allocator import glibc
+from dupmae.platform.cpu.allocator import glibc
 
 pytestmark = pytest.mark.skipif(glibc() is None, reason="glibc malloc settings (Linux only)")
 
 PROBE = """
 import json, sys
 import torch
-from dupmae.training.allocator import keep_freed_memory
+from dupmae.platform.cpu.allocator import keep_freed_memory
 
 def rss():
     with open("/proc/self/status") as handle:

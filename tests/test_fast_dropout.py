@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dupmae.modeling.fast_dropout import FastDropout, keep_mask, rounded_drop_probability, use_fast_dropout
+from dupmae.platform.cpu.fast_dropout import FastDropout, keep_mask, rounded_drop_probability, use_fast_dropout
 
 
 def test_rounded_probability_and_scale():
@@ -96,9 +96,10 @@ def test_lean_attention_draws_fast_masks_once_the_dropouts_are_swapped(monkeypat
     """Encoder (via transformers' attention interface) and decoder attention follow the swap."""
     from transformers import BertConfig, BertForMaskedLM
 
-    import dupmae.modeling.lean_attention as lean_attention
+    import dupmae.platform.cpu.lean_attention as lean_attention
     from dupmae.config import PretrainingOptions
     from dupmae.modeling.pretraining import DupMAEForPretraining
+    from dupmae.platform import Accelerations, prepare
 
     drawn = []
 
@@ -111,7 +112,7 @@ def test_lean_attention_draws_fast_masks_once_the_dropouts_are_swapped(monkeypat
                         intermediate_size=32, max_position_embeddings=32)
     torch.manual_seed(0)
     model = DupMAEForPretraining(BertForMaskedLM(config), PretrainingOptions())
-    assert model.set_lean_attention(True)
+    prepare(model, "cpu", Accelerations(fast_dropout=False, keep_freed_memory=False))
     model.train()
     ids = torch.randint(5, 50, (2, 9))
 
@@ -123,5 +124,6 @@ def test_lean_attention_draws_fast_masks_once_the_dropouts_are_swapped(monkeypat
         return list(drawn)
 
     assert attention_masks_drawn() == [False, False, False]  # 2 encoder layers + the decoder
-    use_fast_dropout(model)
+    prepare(model, "cpu", Accelerations(keep_freed_memory=False))  # the defaults: fast dropout, lean attention
     assert attention_masks_drawn() == [True, True, True]
+    assert isinstance(model.decoder.dropout, FastDropout)

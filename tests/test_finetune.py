@@ -209,7 +209,7 @@ def test_finetune_cpu_kernel_switches(tmp_path, wordpiece_dir, cpu_kernels, allo
     attention choice is not written to config.json)."""
     from torch import nn
 
-    from dupmae.modeling.fast_dropout import FastDropout
+    from dupmae.platform.cpu.fast_dropout import FastDropout
     from dupmae.training.finetune import finetune, parse_arguments
 
     start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from dupmae.modeling.fast_dropout import keep_mask, rounded_drop_probability
-from dupmae.modeling.lean_attention import lean_dropout_attention, use_lean_attention
+from dupmae.platform.cpu.fast_dropout import keep_mask, rounded_drop_probability
+from dupmae.platform.cpu.lean_attention import lean_dropout_attention, use_lean_attention
 
 
 def reference(q, k, v, mask, keep, dropout_p, scale, fast_masks=False):

@@ -322,13 +322,13 @@ def test_lean_loss_flags_and_config_keys_reach_the_model(tmp_path, wordpiece_tok
     (tmp_path / "data").mkdir()
     (tmp_path / "model").mkdir()
     required = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"), "--output", str(tmp_path / "o")]
-    _, options, _ = parse_arguments(required)
+    _, options, _, _ = parse_arguments(required)
     assert options.lean_losses is True and options.loss_chunk_size == 1024
-    _, options, _ = parse_arguments([*required, "--lean-losses", "false", "--loss-chunk-size", "9"])
+    _, options, _, _ = parse_arguments([*required, "--lean-losses", "false", "--loss-chunk-size", "9"])
     assert options.lean_losses is False and options.loss_chunk_size == 9
     config = tmp_path / "run.yaml"
     config.write_text("lean_losses: false\nloss_chunk_size: 12\n")
-    _, from_file, _ = parse_arguments([*required, "--config", str(config)])
+    _, from_file, _, _ = parse_arguments([*required, "--config", str(config)])
     assert from_file.lean_losses is False and from_file.loss_chunk_size == 12
     with pytest.raises(ValueError, match="loss_chunk_size"):
         PretrainingOptions(loss_chunk_size=0)

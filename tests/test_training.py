@@ -65,7 +65,7 @@ def base_flags(setup, output, model_key="model", steps=4, batch=4):
     return ["--model", setup[model_key], "--data", setup["data"], "--output", str(output),
             "--max-steps", str(steps), "--per-device-train-batch-size", str(batch), "--logging-steps", "1",
             "--save-steps", "2", "--learning-rate", "1e-3", "--warmup-steps", "0", "--seed", "7",
-            "--report-to", "none", "--disable-tqdm", "true"]
+            "--report-to", "none", "--disable-tqdm", "true", "--bf16", "false"]  # exact fp32 comparisons
 
 
 def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir, allocator_calls):
@@ -107,7 +107,7 @@ def test_cli_prepare_pretrain_export_reload(setup, tmp_path, wordpiece_dir, allo
 def test_config_file_and_flag_precedence(setup, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text("objective: retromae\nbow_loss_weight: 0.5\nlearning_rate: 0.002\nmax_steps: 9\n")
-    run, options, training = parse_arguments(
+    run, options, _accelerations, training = parse_arguments(
         ["--config", str(config), "--model", setup["model"], "--data", setup["data"], "--output", str(tmp_path / "o"),
          "--max-steps", "3"])
     assert options.objective == "retromae" and options.bow_loss_weight == 0.5
@@ -178,7 +178,8 @@ def test_two_gloo_processes_match_one_process_on_the_same_global_batch(setup, tm
     single, double = tmp_path / "single", tmp_path / "double"
     common = ["--model", setup["model_no_dropout"], "--data", setup["data"], "--max-steps", "3", "--logging-steps", "1",
               "--save-steps", "100", "--learning-rate", "1e-3", "--warmup-steps", "0", "--seed", "3",
-              "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0", *extra]
+              "--report-to", "none", "--disable-tqdm", "true", "--dataloader-num-workers", "0", "--bf16", "false",
+              *extra]
     subprocess.run([sys.executable, "-m", "dupmae.cli", "pretrain", *common, "--output", str(single),
                     "--per-device-train-batch-size", "4"], check=True, env=env)
     run_two_gloo_processes(["-m", "dupmae.cli", "pretrain", *common, "--output", str(double),
@@ -254,7 +255,7 @@ def test_data_loader_workers_give_the_same_training_across_an_epoch_boundary(set
 def test_attention_dropout_override_reaches_encoder_and_decoder(setup, tmp_path):
     from dupmae.training.pretrain import load_encoder
 
-    run_args, options, _ = parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output",
+    run_args, options, _, _ = parse_arguments(["--model", setup["model"], "--data", setup["data"], "--output",
                                             str(tmp_path), "--attention-dropout", "0"])
     tokenizer = AutoTokenizer.from_pretrained(setup["model"])
     encoder = load_encoder(run_args, tokenizer)

@@ -137,14 +137,18 @@ def parse_with_config_file(kinds: tuple, argv: list[str], defaults: dict[str, An
 
     Precedence: flags > `--config FILE` (YAML/JSON) > `defaults` > the dataclasses' own defaults.
     `--output` is accepted for `--output_dir`. An unknown key in the file is an error (a setting
-    that silently reaches nothing is the bug this project exists to avoid).
+    that silently reaches nothing is the bug this project exists to avoid). `bf16` also takes
+    `auto` (`dupmae.platform.precision`): bf16 where the training device multiplies bf16 natively.
     """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(kinds, prog=prog)
     parser.add_argument("--config", default=None, help="YAML or JSON file of settings; flags override it.")
-    parser.set_defaults(**defaults)
     argv = ["--output_dir" if arg == "--output" else arg for arg in argv]
+    argv, bf16_flag = _take_bf16_flag(argv)
+    defaults = dict(defaults)
+    bf16_setting = defaults.pop("bf16", "auto")
+    parser.set_defaults(**defaults)
     known, _ = parser.parse_known_args(argv)
     if known.config:
         values = load_config_file(known.config)
@@ -152,8 +156,40 @@ def parse_with_config_file(kinds: tuple, argv: list[str], defaults: dict[str, An
         unknown = sorted(set(values) - names)
         if unknown:
             raise ValueError(f"{known.config}: unknown setting(s) {unknown}")
+        values = dict(values)
+        bf16_setting = values.pop("bf16", bf16_setting)
         parser.set_defaults(**values)
+        known, _ = parser.parse_known_args(argv)
+    if bf16_flag is not None:
+        bf16_setting = bf16_flag
+    parser.set_defaults(bf16=_resolve_training_bf16(bf16_setting, known.use_cpu))
     *parsed, _config_namespace = parser.parse_args_into_dataclasses(argv)
     if not parsed[-1].output_dir:
         raise ValueError("--output is required")
     return tuple(parsed)
+
+
+def _take_bf16_flag(argv: list[str]) -> tuple[list[str], str | None]:
+    """`argv` without its `--bf16 [VALUE]` / `--bf16=VALUE`, and that value ('true' for a bare flag;
+    None when absent). HfArgumentParser's boolean type knows no `auto`, so bf16 is resolved apart."""
+    rest, value, index = [], None, 0
+    while index < len(argv):
+        arg = argv[index]
+        if arg.startswith("--bf16="):
+            value = arg.split("=", 1)[1]
+        elif arg == "--bf16":
+            following = argv[index + 1] if index + 1 < len(argv) else None
+            if following is not None and not following.startswith("--"):
+                value, index = following, index + 1
+            else:
+                value = "true"
+        else:
+            rest.append(arg)
+        index += 1
+    return rest, value
+
+
+def _resolve_training_bf16(setting, use_cpu: bool) -> bool:
+    from dupmae.platform.precision import resolve_bf16, training_device
+
+    return resolve_bf16(setting, training_device(use_cpu), "training")

@@ -1,10 +1,9 @@
 """Encoding: token-length-sorted batches (order restored, padding-independent vectors), oneDNN
-linears (same numbers as plain PyTorch), bf16 fallback, and N shard processes writing one index."""
+linears (same numbers as plain PyTorch), and N shard processes writing one index."""
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -15,7 +14,8 @@ import torch
 from transformers import AutoTokenizer
 
 import dupmae.modeling.retriever as retriever_module
-from dupmae.modeling.onednn import matmul_transposed, onednn_available, onednn_linears
+
+from dupmae.platform.cpu.onednn import matmul_transposed, onednn_available, onednn_linears
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
 from dupmae.modeling.retriever import Retriever, length_sorted_batches, pad_batch
 from dupmae.retrieval.encode import index_parts
@@ -92,13 +92,6 @@ def test_onednn_linears_compute_what_plain_pytorch_computes():
     left, right = torch.randn(4, 6), torch.randn(9, 6)
     with torch.no_grad():
         torch.testing.assert_close(matmul_transposed(left, right), left @ right.T, rtol=1e-5, atol=1e-5)
-
-
-def test_bf16_falls_back_to_fp32_without_hardware_support(tiny_retriever_dir, monkeypatch, caplog):
-    monkeypatch.setattr(retriever_module, "bf16_supported", lambda device: False)
-    with caplog.at_level(logging.WARNING, logger="dupmae.modeling.retriever"):
-        retriever = Retriever.from_pretrained(tiny_retriever_dir, bf16=True, show_progress=False)
-    assert not retriever.bf16 and "encoding in fp32" in caplog.text
 
 
 def test_shards_encoded_by_concurrent_processes_are_merged_by_search(tmp_path, tiny_retriever_dir):

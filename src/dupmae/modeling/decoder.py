@@ -6,22 +6,22 @@ keys/values come from the *content stream* (`[h ; Emb(x)[1:]]`). Each query row
 gets its own attention mask, so row `i` reconstructs token `i` from `h` and a
 random subset of the other tokens — never from itself.
 
-Written on `torch.nn.functional.scaled_dot_product_attention` so that the best
-attention kernel of the platform is used (`lean_dropout_attention` on the CPU when training with
-attention dropout, where SDPA would materialise `[B, heads, L, L]`); no transformers internals.
+The attention function is an attribute, `attention_function`, with SDPA's signature: PyTorch's
+`scaled_dot_product_attention` by default (the best kernel of the device), replaced by the
+platform layer where it has a better one (`dupmae.platform.prepare`: lean attention on a CPU when
+training with attention dropout, where SDPA would materialise `[B, heads, L, L]`). The decoder
+imports no kernel and uses no transformers internals.
 """
 
 from __future__ import annotations
 
-import functools
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers.activations import get_activation
 
-from dupmae.modeling.fast_dropout import FastDropout
-from dupmae.modeling.lean_attention import lean_dropout_attention
 
 
 class EnhancedDecoderLayer(nn.Module):
@@ -32,7 +32,9 @@ class EnhancedDecoderLayer(nn.Module):
     the decoder from a copy of the encoder's `BertLayer` config.
     """
 
-    def __init__(self, config) -> None:
+    def __init__(self, config, attention_function: Callable[..., torch.Tensor] = F.scaled_dot_product_attention) -> None:
+        """`attention_function(q, k, v, mask, dropout_p=...)`: `[B, heads, L, head_dim]` in and out, SDPA's
+        signature (the platform layer may set another: see the module docstring)."""
         super().__init__()
         hidden = config.hidden_size
         if hidden % config.num_attention_heads:
@@ -50,7 +52,7 @@ class EnhancedDecoderLayer(nn.Module):
         self.output_norm = nn.LayerNorm(hidden, eps=config.layer_norm_eps)
         self.attention_dropout = float(getattr(config, "attention_probs_dropout_prob", 0.0))
         self.dropout = nn.Dropout(float(getattr(config, "hidden_dropout_prob", 0.0)))
-        self.lean_attention = True  # `dupmae pretrain --lean-attention`
+        self.attention_function = attention_function
         self._init_weights(float(getattr(config, "initializer_range", 0.02)))
 
     def _init_weights(self, std: float) -> None:
@@ -81,11 +83,7 @@ class EnhancedDecoderLayer(nn.Module):
         q = self._split_heads(self.query(query_stream))
         k = self._split_heads(self.key(content_stream))
         v = self._split_heads(self.value(content_stream))
-        if self.lean_attention:  # fast masks follow `use_fast_dropout` having swapped this layer's dropout
-            attention = functools.partial(lean_dropout_attention, fast_masks=isinstance(self.dropout, FastDropout))
-        else:
-            attention = F.scaled_dot_product_attention
-        attended = attention(
+        attended = self.attention_function(
             q, k, v,
             attention_mask[:, None],  # [B, 1, L, L], broadcast over heads
             dropout_p=self.attention_dropout if self.training else 0.0,

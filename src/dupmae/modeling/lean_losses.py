@@ -28,17 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-
-def _autocast_dtype(device_type: str) -> torch.dtype | None:
-    """The autocast dtype active for `device_type`, or None when autocast is off there."""
-    try:
-        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except (TypeError, AttributeError, RuntimeError):  # torch < 2.4 has per-device functions only
-        if device_type == "cpu":
-            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
-        if device_type == "cuda":
-            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
-        return None
+from dupmae.platform.precision import autocast_dtype
+from dupmae.platform.reductions import max_over_positions
 
 
 def _compute_dtype(*tensors: torch.Tensor) -> tuple[torch.dtype, contextlib.AbstractContextManager]:
@@ -50,7 +41,7 @@ def _compute_dtype(*tensors: torch.Tensor) -> tuple[torch.dtype, contextlib.Abst
     dtypes, where letting autocast cast outside would add a cast of every gradient back
     (`[V, d]` twice per call) to autograd's graph."""
     device_type = tensors[0].device.type
-    dtype = _autocast_dtype(device_type)
+    dtype = autocast_dtype(device_type)
     promoted = tensors[0].dtype
     for tensor in tensors[1:]:
         promoted = torch.promote_types(promoted, tensor.dtype)
@@ -65,19 +56,6 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # -- BoW: max over positions of the vocabulary logits --------------------------------------------------
-
-
-def max_over_positions(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """`logits.max(dim=1)` of `[B, C, V]`: the max over positions and its first arg-max, `[B, V]` each.
-
-    On the CPU through `max_pool1d` on the `[B, V, C]` view (no copy): PyTorch's reduction over a
-    middle dimension ran at ~2.5 GB/s on the machine of docs/benchmarks.md (29 ms for a
-    `[16, 64, 30522]` bf16 chunk), its pooling kernel in 5 ms, with the same values and the same
-    indices (the first of tied positions; NaN wins in both)."""
-    if logits.device.type != "cpu":
-        return logits.max(dim=1)
-    values, indices = F.max_pool1d(logits.transpose(1, 2), logits.shape[1], return_indices=True)  # [B, V, 1]
-    return values.squeeze(-1), indices.squeeze(-1)
 
 
 class _ChunkedMaxPool(torch.autograd.Function):

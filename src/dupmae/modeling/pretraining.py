@@ -27,7 +27,6 @@ from dupmae.modeling.heads import (
     mlm_head_name,
     split_if_exact,
 )
-from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.lean_losses import chunked_max_pool_logits, fused_linear_cross_entropy
 from dupmae.modeling.persistence import WEIGHTS_FILE, deduplicated_state_dict, load_weights, save_weights
 
@@ -106,14 +105,16 @@ class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
         embedding_module(encoder)  # fail early on an unsupported architecture
         self.decoder = EnhancedDecoderLayer(encoder.config) if options.uses_decoder else None
         self._head_splits: bool | None = None  # lean_losses: does the head split exactly? (checked once)
+        self.linear_cross_entropy = fused_linear_cross_entropy  # the platform may give a fused device kernel
+        self.materialise_bow = False
 
-    def set_lean_attention(self, enabled: bool = True) -> bool:
-        """Route the encoder's and the decoder's attention through `lean_dropout_attention` (CPU
-        training with dropout; SDPA elsewhere) or, with `enabled=False`, leave both on SDPA.
-        Returns False when the encoder's architecture cannot switch (the decoder still does)."""
-        if self.decoder is not None:
-            self.decoder.lean_attention = enabled
-        return not enabled or use_lean_attention(self.encoder)
+    def set_vocabulary_kernels(self, linear_cross_entropy=None, materialise_bow: bool = False) -> None:
+        """Set by `dupmae.platform.prepare`: `linear_cross_entropy(x [T, d], weight [V, d], bias [V],
+        targets [T], chunk_size) -> (loss sum, arg-max hits)` for the lean cross-entropies (None = dupmae's
+        chunked `fused_linear_cross_entropy`), and whether the lean BoW max-pool computes its `[B, L, V]`
+        logits at once (autograd's max) instead of a chunk of positions at a time."""
+        self.linear_cross_entropy = linear_cross_entropy or fused_linear_cross_entropy
+        self.materialise_bow = materialise_bow
 
     def checkpointed_model(self) -> PreTrainedModel:
         return self.encoder
@@ -181,13 +182,16 @@ class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
                 transformed = head.transform(hidden)  # [B, L, d]
                 encoder_states = transformed[masked]  # [M, d]
                 pool_mask, has_position = self._pool_mask(attention_mask, ordinary_mask, masked)
-                positions_per_chunk = max(1, options.loss_chunk_size // hidden.shape[0])
-                pooled = chunked_max_pool_logits(transformed, head.weight, head.bias, pool_mask,
-                                                 positions_per_chunk)  # [B, V]
+                if self.materialise_bow:
+                    pooled = bow_pool(F.linear(transformed, head.weight, head.bias), pool_mask)  # [B, L, V] -> [B, V]
+                else:
+                    positions_per_chunk = max(1, options.loss_chunk_size // hidden.shape[0])
+                    pooled = chunked_max_pool_logits(transformed, head.weight, head.bias, pool_mask,
+                                                     positions_per_chunk)  # [B, V]
                 bow_sum, bow_count = self._bow(pooled, has_position, original_input_ids, ordinary_mask)
             else:
                 encoder_states = head.transform(hidden[masked])  # [M, d]
-            encoder_sum, encoder_correct = fused_linear_cross_entropy(
+            encoder_sum, encoder_correct = self.linear_cross_entropy(
                 encoder_states, head.weight, head.bias, encoder_labels, options.loss_chunk_size)
 
         if options.uses_decoder:
@@ -250,7 +254,7 @@ class DupMAEForPretraining(DelegatesCheckpointing, nn.Module):
             correct = (logits.argmax(-1) == targets).sum()
         else:
             transformed = head.transform(decoded[ordinary_mask])  # [T, d]
-            loss_sum, correct = fused_linear_cross_entropy(transformed, head.weight, head.bias, targets,
+            loss_sum, correct = self.linear_cross_entropy(transformed, head.weight, head.bias, targets,
                                                            self.options.loss_chunk_size)
         return loss_sum, ordinary_mask.sum(), correct
 

@@ -5,9 +5,9 @@
 
 Texts are tokenised once, sorted by token count and batched, so a batch is padded only to its own
 longest text (SciFact with all-MiniLM-L6-v2: 0.2 % padding, vs 4.4 % when sorting by characters);
-vectors come back in input order. On CPU, fp32 linear layers run through oneDNN
-(`dupmae.modeling.onednn`: same arithmetic, ~1.8x faster on AMD CPUs); bf16 autocast is used when
-asked for and the hardware has bf16 (otherwise fp32, with a warning).
+vectors come back in input order. The device's speed paths come from `dupmae.platform.prepare` (on
+a CPU, linear layers through oneDNN: same arithmetic, ~1.8x faster on AMD CPUs); precision from
+`bf16` = auto (bf16 where the device multiplies it natively, fp32 elsewhere), true or false.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dupmae.modeling.onednn import onednn_linears
+from dupmae.platform import Accelerations, prepare, resolve_bf16
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.retrieval.index import DocumentBlock, HybridScorer, QueryBlock, TopK
 
@@ -28,18 +28,6 @@ logger = logging.getLogger(__name__)
 # Texts tokenised per call to the tokenizer: the window within which batches are sorted exactly by
 # token count (a global character-length sort comes first, so windows hold texts of similar length).
 TOKENIZE_WINDOW_BATCHES = 32
-
-
-def bf16_supported(device: torch.device) -> bool:
-    """bf16 matmuls run natively (CPU: AVX512-BF16/AMX via oneDNN; CUDA: Ampere or newer)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return True
 
 
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -72,18 +60,20 @@ def document_text(document: dict | str) -> str:
 
 
 class Retriever:
-    def __init__(self, encoder: DupMAEEncoder, tokenizer, batch_size: int = 64, bf16: bool = False,
-                 device: str | None = None, show_progress: bool = True, onednn: bool = True) -> None:
-        """`onednn`: on CPU, run fp32 linear layers through oneDNN (`dupmae.modeling.onednn`)."""
+    def __init__(self, encoder: DupMAEEncoder, tokenizer, batch_size: int = 64, bf16: bool | str = "auto",
+                 device: str | None = None, show_progress: bool = True, onednn: bool = True,
+                 accelerations: Accelerations | None = None) -> None:
+        """`bf16`: auto / true / false (`dupmae.platform.precision`). `onednn`: on a CPU, run linear layers
+        through oneDNN (`dupmae.platform.cpu.onednn`). `accelerations`: the platform settings (compile_layers)."""
         self.encoder = encoder.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.bf16 = bf16 and bf16_supported(self.device)
-        if bf16 and not self.bf16:
-            logger.warning("bf16 requested but %s has no native bf16 matmuls: encoding in fp32", self.device)
-        self.onednn = onednn and self.device.type == "cpu"
+        self.bf16 = resolve_bf16(bf16, self.device, "encoding")
         self.encoder.to(self.device)
+        # the process-wide allocator setting only where asked for (`dupmae encode` asks; a library call does not)
+        accelerations = accelerations or Accelerations(keep_freed_memory=False)
+        self.platform = prepare(self.encoder, self.device, accelerations, training=False, onednn_linears=onednn)
         self.show_progress = show_progress
 
     @classmethod
@@ -106,7 +96,7 @@ class Retriever:
         window = self.batch_size * TOKENIZE_WINDOW_BATCHES
         by_characters = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         progress = tqdm(total=len(texts), desc=description, disable=not self.show_progress, unit="text")
-        with onednn_linears(self.encoder, enabled=self.onednn), progress:
+        with self.platform.inference(self.encoder), progress:
             for start in range(0, len(by_characters), window):
                 positions = by_characters[start : start + window]
                 tokens = self.tokenizer([texts[i] for i in positions], max_length=max_length, truncation=True,

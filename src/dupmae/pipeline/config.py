@@ -91,12 +91,19 @@ class EncodeSettings:
     """Encoding the corpus and the queries of every neural system (`dupmae encode` / `dupmae search`)."""
 
     batch_size: int = _setting(32, "Texts per encoder batch.")
-    bf16: bool = _setting(False, "bf16 autocast while encoding (1.5-2x faster on CPUs with AVX-512 bf16).")
+    bf16: bool | str = _setting("auto", "bf16 autocast while encoding: auto = where the device multiplies bf16 natively "
+                                "(1.5-2x faster there; fp32 elsewhere), true, or false.")
     part_size: int = _setting(1000, "Documents per index part; an interrupted encoding resumes at the first missing part.")
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.part_size < 1:
             raise ConfigError("encode.batch_size and encode.part_size must be >= 1")
+        from dupmae.platform.precision import parse_bf16
+
+        try:
+            parse_bf16(self.bf16)
+        except ValueError as error:
+            raise ConfigError(f"encode.{error}") from None
 
 
 @dataclass

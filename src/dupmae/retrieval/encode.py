@@ -24,7 +24,7 @@ import safetensors.numpy
 
 from dupmae.data.beir import load_corpus
 from dupmae.data.formats import file_sha256
-from dupmae.training.allocator import keep_freed_memory
+from dupmae.platform.accelerations import Accelerations, add_arguments, from_arguments
 
 logger = logging.getLogger(__name__)
 INDEX_MANIFEST = "index.json"
@@ -77,14 +77,16 @@ def write_manifest(output: Path, model: str, retriever, corpus_path: str, shards
 
 
 def encode_corpus(model: str, corpus_path: str, output: str | Path, shard: tuple[int, int] = (0, 1),
-                  part_size: int = 10_000, batch_size: int = 64, bf16: bool = False) -> int:
-    """Encode this shard's documents; returns how many were encoded now (0 if all parts existed)."""
+                  part_size: int = 10_000, batch_size: int = 64, bf16: bool | str = "auto",
+                  accelerations: Accelerations | None = None) -> int:
+    """Encode this shard's documents; returns how many were encoded now (0 if all parts existed).
+    `bf16`: auto / true / false; `accelerations`: the platform settings (`dupmae.platform`)."""
     from dupmae.modeling.retriever import Retriever
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     corpus = load_corpus(corpus_path)
-    retriever = Retriever.from_pretrained(model, batch_size=batch_size, bf16=bf16)
+    retriever = Retriever.from_pretrained(model, batch_size=batch_size, bf16=bf16, accelerations=accelerations)
     index, count = shard
     write_manifest(output, model, retriever, corpus_path, count, len(corpus))
     ids = sorted(corpus)
@@ -109,16 +111,6 @@ def encode_corpus(model: str, corpus_path: str, output: str | Path, shard: tuple
     return encoded
 
 
-def flag(text: str) -> bool:
-    """An on/off command-line value: true/false, yes/no, on/off, 1/0."""
-    value = text.strip().lower()
-    if value in ("true", "yes", "on", "1"):
-        return True
-    if value in ("false", "no", "off", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
 def main(argv: list[str]) -> int:
     from dupmae.retrieval.mine import input_paths
 
@@ -129,19 +121,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--shard", default="0/1", help="I/N: encode the I-th of N slices (default 0/1)")
     parser.add_argument("--part-size", type=int, default=10_000, help="documents per part file")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (where the hardware supports it)")
-    parser.add_argument("--keep-freed-memory", type=flag, default=True, metavar="{true,false}",
-                        help="keep freed memory in the process for the next batch (glibc; faster, higher resident "
-                             "memory; docs/benchmarks.md) (default: true)")
+    add_arguments(parser, ("keep_freed_memory", "compile_layers"))
     args = parser.parse_args(argv)
-    if args.keep_freed_memory:
-        keep_freed_memory()
     try:
         corpus_path = input_paths(args.corpus, None)[0] if os.path.isdir(args.corpus) else args.corpus
         if not os.path.isfile(corpus_path):
             raise FileNotFoundError(f"corpus file {corpus_path} not found")
         count = encode_corpus(args.model, corpus_path, args.output, parse_shard(args.shard), args.part_size,
-                              args.batch_size, args.bf16)
+                              args.batch_size, args.bf16, from_arguments(args))
     except (ValueError, FileNotFoundError) as error:
         print(f"dupmae encode: error: {error}", file=sys.stderr)
         return 2

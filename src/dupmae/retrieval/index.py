@@ -4,7 +4,7 @@ Score: `dense(q) . dense(d) + sum over i in topk(d) of mu_q[i] * mu_d[i]` (DUPMA
 document scored (no approximation), in fp32:
 
 - dense part: one `[Q, D] x [D, n]` matrix product (what a flat FAISS inner-product index computes),
-  through oneDNN on CPU (`dupmae.modeling.onednn`);
+  through oneDNN on CPU (`dupmae.platform.cpu.onednn`);
 - sparse part: each document's `k` (index, value) pairs select rows of the queries' transposed
   vocabulary vectors `[V, Q]`, weighted and summed — `torch.nn.functional.embedding_bag`
   (FBGEMM's sparse-times-dense kernel on CPU). Queries go in chunks of `QUERY_CHUNK` columns: a
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dupmae.modeling.onednn import matmul_transposed
+from dupmae.platform.cpu.onednn import matmul_transposed
 
 # Queries per embedding_bag table (see the module docstring).
 QUERY_CHUNK = 64

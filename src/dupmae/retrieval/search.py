@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from dupmae.platform.accelerations import add_arguments
 from dupmae.retrieval.approximate import build_faiss_index, candidate_scores, concatenate
 from dupmae.retrieval.encode import INDEX_MANIFEST, index_parts, load_part
 from dupmae.retrieval.index import HybridScorer, TopK
@@ -97,7 +98,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--output", required=True, help="TREC run file to write")
     parser.add_argument("--remove-self-hits", action="store_true", help="drop hits whose doc id equals the query id")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--bf16", action="store_true")
+    add_arguments(parser, ())
     parser.add_argument("--tag", default="dupmae")
     parser.add_argument("--dense-index", default="Flat",
                         help="FAISS factory string for the dense part: Flat (default) = exact scoring of every "

@@ -20,11 +20,10 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from dupmae.config import parse_with_config_file
 from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
-from dupmae.modeling.fast_dropout import use_fast_dropout
 from dupmae.modeling.head_init import MISSING_HEAD_INITS
-from dupmae.modeling.lean_attention import use_lean_attention
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
-from dupmae.training.allocator import keep_freed_memory
+from dupmae.platform import Accelerations, prepare
+from dupmae.platform.precision import training_device
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
 from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume, train_or_finish
@@ -67,17 +66,6 @@ class FinetuneArguments:
         "help": "How to start an MLM head the starting model lacks (e.g. all-MiniLM-L6-v2): identity "
                 "(vocabulary logits = similarity to the word embeddings, lexical from the start) or random.",
         "choices": list(MISSING_HEAD_INITS)})
-    lean_attention: bool = field(default=True, metadata={
-        "help": "On the CPU, run attention with dropout block by block with a 1-byte dropout mask "
-                "(modeling/lean_attention.py) instead of PyTorch's math path; SDPA elsewhere and without dropout."})
-    fast_dropout: bool = field(default=True, metadata={
-        "help": "On the CPU, draw dropout masks four elements per random number (modeling/fast_dropout.py; p "
-                "rounded to a multiple of 2^-15). Together with --lean-attention a fine-tuning step is ~1.1x "
-                "faster (docs/benchmarks.md). Other devices keep PyTorch's dropout."})
-    keep_freed_memory: bool = field(default=True, metadata={
-        "help": "On Linux with glibc, keep freed memory in the process for the next step instead of returning "
-                "large blocks to the system at once (training/allocator.py); resident memory stays at its "
-                "high-water mark."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
@@ -126,17 +114,19 @@ class ContrastiveTrainer(Trainer):
 
 def parse_arguments(argv: list[str]):
     """Flags > config file > our defaults > library defaults (as for `dupmae pretrain`)."""
-    return parse_with_config_file((FinetuneArguments, RepresentationConfig, TrainingArguments), argv,
+    return parse_with_config_file((FinetuneArguments, RepresentationConfig, Accelerations, TrainingArguments), argv,
                                   {**TRAINING_DEFAULTS, "use_cpu": not accelerator_available()}, "dupmae finetune")
 
 
-def finetune(args: FinetuneArguments, representation: RepresentationConfig, training: TrainingArguments, callbacks=()):
+def finetune(args: FinetuneArguments, representation: RepresentationConfig, accelerations: Accelerations,
+             training: TrainingArguments, callbacks=()):
     from dupmae.data.beir import dev_split, load_beir
 
     output = Path(training.output_dir)
     checkpoint = checkpoint_to_resume(output, args.resume)
-    if args.keep_freed_memory:
-        keep_freed_memory()
+    if accelerations.vocab_loss not in ("auto", "chunked"):
+        raise ValueError(f"vocab_loss={accelerations.vocab_loss} is a pre-training setting: fine-tuning has no "
+                         "vocabulary cross-entropy")
 
     set_seed(training.seed)
     collection = load_beir(args.data, args.split)
@@ -153,11 +143,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
     negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
 
     encoder = DupMAEEncoder.from_pretrained(args.model, representation, args.missing_head_init)
-    if args.lean_attention and not use_lean_attention(encoder.model):
-        logger.warning("%s cannot switch its attention implementation; --lean-attention is ignored",
-                       type(encoder.model).__name__)
-    if args.fast_dropout:
-        use_fast_dropout(encoder)
+    prepare(encoder, training_device(training.use_cpu), accelerations, training=True, tf32=training.tf32)
     tokenizer = load_tokenizer(args.model)
     collator = GroupCollator(tokenizer, query_ids, collection.queries, collection.corpus, qrels, negatives,
                              args.group_size, representation.query_max_length, representation.passage_max_length,
@@ -177,6 +163,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, trai
     if training.should_save:
         output.mkdir(parents=True, exist_ok=True)
         resolved = {"finetune": dataclasses.asdict(args), "representation": dataclasses.asdict(representation),
+                    "accelerations": dataclasses.asdict(accelerations),
                     "training": json.loads(training.to_json_string())}
         (output / "dupmae_finetune_config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     started = time.perf_counter()

@@ -1,7 +1,7 @@
 """`dupmae pretrain`: DupMAE (or RetroMAE / BoW-only / MLM) pre-training with the HF Trainer.
 
 Settings come from three dataclasses — `RunArguments` (what to train on), `PretrainingOptions`
-(the objective, DUPMAE.md §1) and transformers' `TrainingArguments` (batch size, lr, bf16,
+(the objective, DUPMAE.md §1), `Accelerations` (the speed paths, dupmae.platform) and transformers' `TrainingArguments` (batch size, lr, bf16 (`auto` by default),
 save steps, seed, ...) — given as flags, or in a YAML/JSON file (`--config`) that flags override.
 The same command runs under `torchrun --nproc_per_node N` with DDP.
 """
@@ -25,10 +25,10 @@ from transformers import (
 
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
-from dupmae.modeling.fast_dropout import use_fast_dropout
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
-from dupmae.training.allocator import keep_freed_memory
+from dupmae.platform import Accelerations, prepare
+from dupmae.platform.precision import training_device
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
     CollatorEpochCallback,
@@ -87,20 +87,6 @@ class RunArguments:
                 "0 lets PyTorch run its fused flash attention on the CPU too, whose memory grows with L "
                 "instead of L^2 (with dropout the CPU materialises [B, heads, L, L] probabilities and masks; "
                 "GPUs run flash attention with dropout). Default: the model's own setting."})
-    lean_attention: bool = field(default=True, metadata={
-        "help": "On the CPU, run attention with dropout block by block, keeping O(L) floats per query row plus "
-                "a 1-byte dropout mask for backward instead of the math path's [B, heads, L, L] tensors "
-                "(modeling/lean_attention.py; encoder and decoder). Elsewhere, and without dropout, attention "
-                "is PyTorch's SDPA either way."})
-    fast_dropout: bool = field(default=True, metadata={
-        "help": "On the CPU, draw the hidden-state dropout masks (encoder and decoder) four elements per random "
-                "number instead of one (modeling/fast_dropout.py; the drop probability is rounded to a multiple "
-                "of 2^-15, 0.1 -> 0.100006; lean attention draws its masks this way too). Other devices keep "
-                "PyTorch's dropout."})
-    keep_freed_memory: bool = field(default=True, metadata={
-        "help": "On Linux with glibc, keep freed memory in the process for the next step instead of returning "
-                "large blocks to the system at once (training/allocator.py): CPU steps stop page-faulting their "
-                "large temporaries anew; resident memory stays at its high-water mark."})
     freeze_encoder_steps: int = field(default=0, metadata={
         "help": "Train only the parts the encoder does not have yet — the MLM head's transform and bias and the "
                 "decoder layer — for the first N steps, keeping the encoder (and the word embeddings, tied to "
@@ -124,7 +110,7 @@ class RunArguments:
                 raise FileNotFoundError(f"--{name.replace('_', '-')}: {value} does not exist")
 
 
-def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, TrainingArguments]:
+def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, Accelerations, TrainingArguments]:
     """Flags > config file > our defaults > library defaults.
 
     An unknown flag or an invalid choice exits through argparse (usage + message, status 2);
@@ -134,8 +120,8 @@ def parse_arguments(argv: list[str]) -> tuple[RunArguments, PretrainingOptions, 
     # Data-loader workers keep a GPU fed; on a CPU they would take cores from the model (the collator
     # costs milliseconds per batch), so none there.
     defaults = {**TRAINING_DEFAULTS, "use_cpu": not accelerator, "dataloader_num_workers": 2 if accelerator else 0}
-    return parse_with_config_file((RunArguments, PretrainingOptions, TrainingArguments), argv, defaults,
-                                  "dupmae pretrain")
+    return parse_with_config_file((RunArguments, PretrainingOptions, Accelerations, TrainingArguments), argv,
+                                  defaults, "dupmae pretrain")
 
 
 def load_encoder(run_args: RunArguments, tokenizer):
@@ -167,7 +153,8 @@ def check_data(manifest: dict, tokenizer, encoder) -> None:
         raise ValueError(f"data max_length {manifest['max_length']} exceeds the model's {max_positions} positions")
 
 
-def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args: TrainingArguments, callbacks=()):
+def pretrain(run_args: RunArguments, options: PretrainingOptions, accelerations: Accelerations,
+             training_args: TrainingArguments, callbacks=()):
     """Run pre-training; returns the trainer (its state holds the log history)."""
     from dupmae.data.prepare import load_prepared
 
@@ -176,8 +163,6 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
         raise ValueError("dataloader_persistent_workers would keep the collator of the first epoch in the workers, "
                          "so every epoch would repeat its masks; leave it false (workers restart each epoch)")
     checkpoint = checkpoint_to_resume(output_dir, run_args.resume)
-    if run_args.keep_freed_memory:
-        keep_freed_memory()
 
     set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
     tokenizer = AutoTokenizer.from_pretrained(run_args.tokenizer or run_args.model)
@@ -187,11 +172,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     encoder = load_encoder(run_args, tokenizer)
     check_data(manifest, tokenizer, encoder)
     model = DupMAEForPretraining(encoder, options)
-    if not model.set_lean_attention(run_args.lean_attention):
-        logger.warning("%s cannot switch its attention implementation; --lean-attention applies to the decoder only",
-                       type(encoder).__name__)
-    if run_args.fast_dropout:
-        use_fast_dropout(model)
+    prepare(model, training_device(training_args.use_cpu), accelerations, training=True, tf32=training_args.tf32)
 
     collator = PretrainingCollator(
         options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),
@@ -218,6 +199,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
     if training_args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
         resolved = {"run": dataclasses.asdict(run_args), "pretraining": options.to_dict(),
+                    "accelerations": dataclasses.asdict(accelerations),
                     "training": json.loads(training_args.to_json_string()), "data_manifest": manifest}
         (output_dir / RUN_CONFIG_FILE).write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
     train_or_finish(trainer, checkpoint)
@@ -227,8 +209,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, training_args:
 
 def main(argv: list[str]) -> int:
     try:
-        run_args, options, training_args = parse_arguments(argv)
-        trainer = pretrain(run_args, options, training_args)
+        trainer = pretrain(*parse_arguments(argv))
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"dupmae pretrain: error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dupmae.modeling.fast_dropout import FastDropout, keep_mask
+from dupmae.platform.cpu.fast_dropout import FastDropout, keep_mask
 
 ATTENTION_NAME = "dupmae_lean"
 QUERY_CHUNK = 128  # query rows per block: [B, heads, 128, L] float32 temporaries
