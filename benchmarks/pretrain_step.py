@@ -79,12 +79,12 @@ def build(impl: str, size: str, tokenizer, seed: int = 0, attention_dropout: flo
     from dupmae.modeling.pretraining import DupMAEForPretraining, combine_losses, local_counts
 
     options = PretrainingOptions()
-    model = DupMAEForPretraining(encoder, options)
-    assert model.set_lean_attention(lean_attention)  # on by default, as in `dupmae pretrain`
-    if fast_dropout:  # on by default, as in `dupmae pretrain`
-        from dupmae.platform.cpu.fast_dropout import use_fast_dropout
+    from dupmae.platform import Accelerations, prepare
 
-        use_fast_dropout(model)
+    model = DupMAEForPretraining(encoder, options)
+    # as `dupmae pretrain` does (lean attention and fast dropout on by default); the allocator is the worker's
+    prepare(model, "cpu", Accelerations(lean_attention=lean_attention, fast_dropout=fast_dropout,
+                                        keep_freed_memory=False))
     collator = PretrainingCollator(options, tokenizer.pad_token_id, tokenizer.mask_token_id, 30522)
 
     def loss(batch):
