@@ -41,10 +41,12 @@ SIZES = {
 BATCH = {("minilm", 128): 16, ("minilm", 512): 4, ("base", 128): 8, ("base", 512): 2}
 
 
-def executed_matmul_flops(impl: str, size: str, length: int, batch: int, masked: int, ordinary: int) -> float:
-    """Matmul FLOPs of one training step (forward + backward = 3 x forward for dense layers)."""
-    s = SIZES[size]
-    d, ff, layers, vocab = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], 30522
+def executed_matmul_flops(impl: str, size: str, length: int, batch: int, masked: int, ordinary: int,
+                          shape: dict | None = None, vocab: int = 30522) -> float:
+    """Matmul FLOPs of one training step (forward + backward = 3 x forward for dense layers); `shape`
+    overrides `SIZES[size]`."""
+    s = shape or SIZES[size]
+    d, ff, layers = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"]
     tokens = batch * length
     layer = 2 * 4 * d * d + 2 * 2 * d * ff + 2 * 2 * length * d  # per token: QKVO, FFN, QK^T and AV
     transform = 2 * d * d
