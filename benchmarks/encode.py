@@ -19,6 +19,7 @@ count (the padding each leaves is printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -55,6 +56,8 @@ def load_texts(corpus: Path, limit: int | None) -> list[str]:
 
 
 def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     load = os.getloadavg()
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="256 documents, 1 repeat")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc keeps freed memory (as `dupmae encode` does by default), for both sides")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: on a GPU both sides also run in bf16 "
+                                                            "autocast ('theirs bf16' is the peer at equal precision)")
     parser.add_argument("--json", default=None, help="write the numbers to this file too")
     args = parser.parse_args(argv)
     if args.quick:
@@ -107,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         raise SystemExit("the peer needs sentence-transformers: pip install 'dupmae[bench]'") from None
     from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
-    from dupmae.modeling.retriever import Retriever, bf16_supported
+    from dupmae.modeling.retriever import Retriever
+    from dupmae.platform.precision import native_bf16
 
-    theirs_model = SentenceTransformer(model_path, device="cpu")
+    device = torch.device(args.device)
+    theirs_model = SentenceTransformer(model_path, device=args.device)
     theirs_model.max_seq_length = args.max_length
     config = RepresentationConfig(representation="cls", dense_dim=0, dense_pooling="mean", normalize_dense=True,
                                   passage_max_length=args.max_length)
@@ -117,19 +124,24 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = theirs_model.tokenizer
 
     def ours(bf16: bool, onednn: bool = True):
-        retriever = Retriever(encoder, tokenizer, batch_size=args.batch_size, bf16=bf16, device="cpu",
+        retriever = Retriever(encoder, tokenizer, batch_size=args.batch_size, bf16=bf16, device=args.device,
                               show_progress=False, onednn=onednn)
         return lambda items: retriever.encode_corpus(items).dense
 
-    def theirs(items):
-        return theirs_model.encode(items, batch_size=args.batch_size, convert_to_numpy=True, show_progress_bar=False)
+    def theirs(items, bf16: bool = False):
+        context = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with context:
+            return theirs_model.encode(items, batch_size=args.batch_size, convert_to_numpy=True,
+                                       show_progress_bar=False)
 
     runs = {"theirs fp32": theirs, "ours fp32": ours(False)}
     if not args.no_bf16:
-        if bf16_supported(torch.device("cpu")):
+        if native_bf16(device)[0]:
             runs["ours bf16"] = ours(True)
+            if device.type == "cuda":  # the peer at equal precision (its CPU bf16 was slower than its fp32)
+                runs["theirs bf16"] = lambda items: theirs(items, bf16=True)
         else:
-            print("this CPU has no native bf16: the bf16 run is skipped")
+            print(f"{device} has no native bf16: the bf16 run is skipped")
     if args.ablation:
         runs["ours fp32, plain linears"] = ours(False, onednn=False)
 
@@ -160,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     speed = result["docs_per_second"]
     result["ratio_vs_theirs_fp32"] = {name: speed[name] / speed["theirs fp32"] for name in runs if name != "theirs fp32"}
+    if "theirs bf16" in speed:
+        result["ours_bf16_vs_theirs_bf16"] = speed["ours bf16"] / speed["theirs bf16"]
 
     print(f"\n{result['machine']}")
     print(f"{len(texts)} documents, batch {args.batch_size}, max {args.max_length} tokens, median of {args.repeats}")

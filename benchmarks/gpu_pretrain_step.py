@@ -19,6 +19,10 @@ Everything is written to one JSON file after every measurement, so a run cut sho
 4. **Two processes** (`distributed`): `torchrun --nproc_per_node 2` of `dupmae pretrain` for 10 steps
    (both on the one GPU: NCCL where it allows that, else gloo), against one process on the same global
    batch, fp32 without TF32: per-step losses and final weights.
+5. **Profile** (`profile`): torch.profiler over 3 steps of the default at bert-base 512 x 32: the top
+   operators by device time, and how busy the device was — where the step goes, for the next fix.
+6. **Encoding** (`encode`): benchmarks/encode.py on this device (dupmae's `Retriever` vs
+   sentence-transformers' `encode`, bf16 both, MiniLM shape with random weights, SciFact texts).
 
     python benchmarks/gpu_pretrain_step.py --stage            # here: wheels, tokenizer, data into .gpu/
     python benchmarks/gpu_pretrain_step.py --output out.json   # on the GPU machine (docs/benchmarks.md)
@@ -71,7 +75,8 @@ class Report:
     def __init__(self, path: Path, quick: bool) -> None:
         self.path = path
         self.data = {"quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S"), "environment": environment(),
-                     "steps": [], "agreement": [], "pretrain": None, "distributed": None, "errors": []}
+                     "steps": [], "agreement": [], "pretrain": None, "distributed": None, "profile": None,
+                     "encode": None}
         self.write()
 
     def add(self, section: str, record) -> None:
@@ -220,49 +225,53 @@ def time_steps(model, loss_of, batch, device: torch.device, warmup: int, steps: 
 
 
 def measure_steps(report: Report, args, device: torch.device, peak_flops: float, deadline: float) -> dict:
-    """Part 1; returns {config: dupmae default tokens/s} for part 3."""
-    isolated = {}
+    """Part 1; returns {(model, length, batch): dupmae default tokens/s} for part 3.
+
+    The plain peer and the eager variants of every configuration come first, the compiled variants
+    (a minute of compiling each) after them, so a spent time budget drops those first."""
+    isolated, plain = {}, {}
     configs = [("minilm", 32, 4)] if args.quick else CONFIGS
     variants = {k: v for k, v in VARIANTS.items() if not args.quick or "liger" not in k}
     if args.quick and not args.compile:
         variants = {k: v for k, v in variants.items() if "compiled" not in k}
-    for size, length, batch_size in configs:
+    eager = [(c, name) for c in configs for name in ["plain", *variants] if "compiled" not in name]
+    compiled = [(c, name) for name in variants if "compiled" in name for c in configs]
+    for (size, length, batch_size), name in eager + compiled:
+        settings = variants.get(name)
+        label = {"model": size, "length": length, "batch": batch_size, "impl": name}
+        if time.monotonic() > deadline:
+            report.add("steps", {**label, "skipped": "time budget spent (--budget-s)"})
+            continue
         config = encoder_config(size, args.quick)
-        examples = synthetic_examples(length, batch_size, config.vocab_size)
-        plain_memory, plain_tokens = None, None
-        for name, settings in {"plain": None, **variants}.items():
-            label = {"model": size, "length": length, "batch": batch_size, "impl": name}
-            if time.monotonic() > deadline:
-                report.add("steps", {**label, "skipped": "time budget spent"})
-                continue
-            try:
-                impl = "plain" if settings is None else "ours"
-                batch = collate(impl, examples, config.vocab_size, device)
-                model, loss_of = build_plain(config, device) if settings is None else build_ours(config, settings, device)
-                seconds, peak = time_steps(model, loss_of, batch, device, args.warmup, args.steps)
-                tokens = batch_size * length / seconds
-                masked = int((batch["labels"] != -100).sum()) if "labels" in batch else 0
-                flops = executed_matmul_flops("plain", size, length, batch_size, masked, batch_size * (length - 2),
-                                              shape=QUICK_SIZE if args.quick else None, vocab=config.vocab_size)
-                record = {**label, "step_s": round(seconds, 5), "tokens_per_s": round(tokens),
-                          "mfu": round(flops / seconds / peak_flops, 4) if peak_flops else None,
-                          "peak_memory_gb": round(peak / 1e9, 2)}
-                if settings is None:
-                    plain_memory, plain_tokens = peak, tokens
-                else:
-                    if plain_tokens:
-                        record["vs_plain"] = round(tokens / plain_tokens, 3)
-                    if plain_memory:
-                        record["memory_vs_plain"] = round(peak / plain_memory, 3)
-                    if name == "dupmae":
-                        isolated[(size, length, batch_size)] = tokens
-                report.add("steps", record)
-            except Exception as error:  # noqa: BLE001 - one failing path must not lose the others
-                report.add("steps", {**label, "error": f"{type(error).__name__}: {error}"[:500]})
-            finally:
-                model = loss_of = batch = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+        model = loss_of = batch = None
+        try:
+            batch = collate("plain" if name == "plain" else "ours", synthetic_examples(length, batch_size,
+                            config.vocab_size), config.vocab_size, device)
+            model, loss_of = build_plain(config, device) if name == "plain" else build_ours(config, settings, device)
+            seconds, peak = time_steps(model, loss_of, batch, device, args.warmup, args.steps)
+            tokens = batch_size * length / seconds
+            masked = int((batch["labels"] != -100).sum())
+            flops = executed_matmul_flops("plain", size, length, batch_size, masked, batch_size * (length - 2),
+                                          shape=QUICK_SIZE if args.quick else None, vocab=config.vocab_size)
+            record = {**label, "step_s": round(seconds, 5), "tokens_per_s": round(tokens),
+                      "mfu": round(flops / seconds / peak_flops, 4) if peak_flops else None,
+                      "peak_memory_gb": round(peak / 1e9, 2)}
+            key = (size, length, batch_size)
+            if name == "plain":
+                plain[key] = (tokens, peak)
+            elif key in plain:
+                record["vs_plain"] = round(tokens / plain[key][0], 3)
+                if plain[key][1]:
+                    record["memory_vs_plain"] = round(peak / plain[key][1], 3)
+            if name == "dupmae":
+                isolated[key] = tokens
+            report.add("steps", record)
+        except Exception as error:  # noqa: BLE001 - one failing path must not lose the others
+            report.add("steps", {**label, "error": f"{type(error).__name__}: {error}"[:500]})
+        finally:
+            model = loss_of = batch = None
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return isolated
 
 
@@ -295,6 +304,8 @@ def measure_agreement(report: Report, args, device: torch.device) -> None:
         variants = {k: v for k, v in variants.items() if "compiled" not in k}
     for precision in ("bf16", "fp32"):
         for name, settings in variants.items():
+            if precision == "fp32" and "compiled" in name and not args.quick:
+                continue  # a compile costs a minute on the GPU; the bf16 check covers the path
             label = {"impl": name, "precision": precision, "device": device.type}
             try:
                 model, _ = build_ours(config, {**settings, "keep_freed_memory": False}, device)
@@ -461,6 +472,70 @@ def compare_runs(single: Path, double: Path) -> dict:
             "worst_weight_difference": weights, "ok": ok}
 
 
+def measure_profile(report: Report, args, device: torch.device) -> None:
+    """Part 5: where a step of the default goes (torch.profiler), as the top operators by device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    size, length, batch_size = ("minilm", 32, 4) if args.quick else ("base", 512, 32)
+    config = encoder_config(size, args.quick)
+    batch = collate("ours", synthetic_examples(length, batch_size, config.vocab_size), config.vocab_size, device)
+    model, loss_of = build_ours(config, {}, device)
+    time_steps(model, loss_of, batch, device, warmup=2, steps=1)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    synchronize(device)
+    started = time.perf_counter()
+    with profile(activities=activities) as profiler:
+        time_steps(model, loss_of, batch, device, warmup=0, steps=3)
+    wall_us = (time.perf_counter() - started) * 1e6
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = profiler.key_averages()
+
+    def self_time(event) -> float:
+        value = getattr(event, key, None)
+        if value is None and key == "self_device_time_total":
+            value = getattr(event, "self_cuda_time_total", 0.0)
+        return float(value or 0.0)
+
+    ranked = sorted(events, key=self_time, reverse=True)
+    total = sum(self_time(e) for e in events)
+    top = [{"op": e.key, "calls": e.count, "self_ms": round(self_time(e) / 1e3, 3),
+            "share": round(self_time(e) / max(total, 1e-9), 4)} for e in ranked[:30]]
+    syncs = sum(e.count for e in events if e.key in ("cudaStreamSynchronize", "cudaDeviceSynchronize",
+                                                     "aten::item", "aten::_local_scalar_dense", "aten::nonzero"))
+    report.add("profile", {"model": size, "length": length, "batch": batch_size, "steps": 3,
+                           "wall_ms": round(wall_us / 1e3, 1), "device_busy": round(total / wall_us, 3),
+                           "host_syncs_or_nonzero": syncs, "top": top})
+
+
+def measure_encode(report: Report, args, work: Path, device: torch.device) -> None:
+    """Part 6: benchmarks/encode.py on this device, on a MiniLM-shaped model with random weights."""
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        report.add("encode", {"skipped": "sentence-transformers is not installed (pip install 'dupmae[bench]')"})
+        return
+    from transformers import AutoTokenizer, BertModel
+
+    folder = work / "minilm-random"
+    config = encoder_config("minilm", False, dropout=0.0)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_path()).save_pretrained(folder)
+    corpus = STAGE / "scifact-corpus.jsonl"
+    if not corpus.is_file():
+        corpus = write_corpus(work / "encode-corpus.jsonl", 256)
+    output = work / "encode.json"
+    command = [sys.executable, str(HERE / "encode.py"), "--model", str(folder), "--corpus", str(corpus),
+               "--device", device.type, "--json", str(output), "--batch-size", "128" if device.type == "cuda" else "32"]
+    command += ["--quick"] if args.quick else ["--repeats", "2"]
+    result = subprocess.run(command, env=child_environment(), capture_output=True, text=True, timeout=900)
+    record = json.loads(output.read_text()) if output.is_file() else {}
+    record["exit"] = result.returncode
+    if result.returncode:
+        record["errors"] = error_lines(result.stderr)
+    report.add("encode", record)
+
+
 def stage() -> None:
     """Here (with PyPI): what the GPU machine lacks, into .gpu/ (carry it: `run --carry .gpu`)."""
     from common import minilm_path
@@ -482,6 +557,7 @@ def stage() -> None:
 
     prepare_corpus([str(DATA_ROOT / "scifact" / "corpus.jsonl")], str(tokenizer), str(STAGE / "scifact-512"),
                    max_length=512, strategy="pack", num_proc=1, overwrite=True)
+    shutil.copy(DATA_ROOT / "scifact" / "corpus.jsonl", STAGE / "scifact-corpus.jsonl")  # texts for the encode part
     size = sum(f.stat().st_size for f in STAGE.rglob("*") if f.is_file())
     print(f"staged {size / 2**20:.1f} MiB in {STAGE}")
 
@@ -493,9 +569,11 @@ def main() -> None:
     parser.add_argument("--output", default=None, help="JSON file (default: out/gpu_pretrain_step[_quick].json)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 10; quick 2)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 3; quick 1)")
-    parser.add_argument("--budget-s", type=float, default=240, help="stop starting step measurements after this")
+    parser.add_argument("--budget-s", type=float, default=150,
+                        help="seconds after which part 1 starts no more measurements (the other parts still run)")
     parser.add_argument("--compile", action="store_true", help="in --quick, also the compiled variants (slow on a CPU)")
-    parser.add_argument("--parts", default="steps,agreement,pretrain,distributed", help="which parts to run")
+    parser.add_argument("--parts", default="steps,agreement,pretrain,distributed,profile,encode",
+                        help="which parts to run (comma-separated)")
     args = parser.parse_args()
     if args.stage:
         return stage()
@@ -521,6 +599,10 @@ def main() -> None:
             measure_pretrain(report, args, work, data, isolated)
         if "distributed" in parts:
             measure_distributed(report, args, work, data, device)
+        if "profile" in parts:
+            measure_profile(report, args, device)
+        if "encode" in parts:
+            measure_encode(report, args, work, device)
     report.data["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     report.write()
     print(f"wrote {output}")

@@ -102,9 +102,11 @@ def resolve_bf16(setting, device: torch.device | str, what: str = "computing") -
 
 
 def training_device(use_cpu: bool = False) -> torch.device:
-    """The device the HF Trainer will train on in this process (CUDA unless told to use the CPU)."""
+    """The device the HF Trainer will train on in this process: CUDA, else Apple MPS, unless told to use the CPU."""
     if not use_cpu and torch.cuda.is_available():
         return torch.device("cuda")
+    if not use_cpu and torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
 

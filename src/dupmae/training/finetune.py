@@ -95,13 +95,14 @@ class ContrastiveTrainer(Trainer):
                          inputs["passage_special_tokens_mask"], top_k=top_k)
         loss, accuracy = contrastive_loss(queries, passages, self.group_size, self.temperature, self.across_devices)
         if model.training:
-            self._accuracy_total += float(accuracy)
+            self._accuracy_total = self._accuracy_total + accuracy.detach()  # summed on the device: no sync per step
             self._batches += 1
         return (loss, queries) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._batches:
-            mean = all_reduce_sum(torch.tensor(self._accuracy_total / self._batches, device=self.args.device))
+            mean = all_reduce_sum(torch.as_tensor(self._accuracy_total / self._batches, dtype=torch.float32,
+                                                  device=self.args.device))
             logs["train_accuracy"] = round(float(mean) / world_size(), 4)
             self._accuracy_total, self._batches = 0.0, 0
         super().log(logs, start_time)

@@ -33,7 +33,7 @@ class PretrainingTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self._logged_totals: dict[str, torch.Tensor] = {}
         self._logged_batches = 0
-        self._tokens_since_log = 0
+        self._tokens_since_log: torch.Tensor | int = 0  # a device tensor between logs: no host sync per step
         self._last_log_time: float | None = None  # set by the first batch, so start-up is not counted
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -50,7 +50,7 @@ class PretrainingTrainer(Trainer):
             for name, value in logged.items():
                 self._logged_totals[name] = self._logged_totals.get(name, 0.0) + value
             self._logged_batches += 1
-            self._tokens_since_log += int(inputs["attention_mask"].sum())
+            self._tokens_since_log = self._tokens_since_log + inputs["attention_mask"].sum()
         return (loss, output) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -59,7 +59,7 @@ class PretrainingTrainer(Trainer):
             values = torch.stack([torch.as_tensor(self._logged_totals[n], dtype=torch.float32).cpu() for n in names])
             # Each process holds sum/global_count * world_size; the mean over processes is the global value.
             values = all_reduce_sum(values.to(self.args.device)).cpu() / (self._logged_batches * world_size())
-            tokens = int(all_reduce_sum(torch.tensor(self._tokens_since_log, device=self.args.device)))
+            tokens = int(all_reduce_sum(torch.as_tensor(self._tokens_since_log, device=self.args.device)))
             elapsed = time.perf_counter() - (self._last_log_time or time.perf_counter())
             logs.update({n: round(float(v), 5) for n, v in zip(names, values)})
             logs["tokens_per_second"] = round(tokens / max(elapsed, 1e-9), 1)
