@@ -17,6 +17,19 @@ from typing import Any
 OBJECTIVES = ("dupmae", "retromae", "bow_only", "mlm")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (a size or a count), else a usage error (exit 2)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _choice(default: str, choices: tuple[str, ...], help_text: str):
     return field(default=default, metadata={"help": help_text, "choices": list(choices)})
 
@@ -77,6 +90,8 @@ class PretrainingOptions:
             raise ValueError("encoder_mask_ratio must be > 0: the encoder MLM loss needs masked tokens")
         if self.decoder_mask_pool_size < 1:
             raise ValueError("decoder_mask_pool_size must be >= 1")
+        if self.loss_chunk_size < 1:
+            raise ValueError(f"loss_chunk_size must be >= 1, got {self.loss_chunk_size}")
         if self.bow_loss_weight < 0:
             raise ValueError("bow_loss_weight must be >= 0")
         if not isinstance(self.lean_losses, bool):
@@ -166,7 +181,31 @@ def parse_with_config_file(kinds: tuple, argv: list[str], defaults: dict[str, An
     *parsed, _config_namespace = parser.parse_args_into_dataclasses(argv)
     if not parsed[-1].output_dir:
         raise ValueError("--output is required")
+    check_training_arguments(parsed[-1])
     return tuple(parsed)
+
+
+def check_training_arguments(training) -> None:
+    """Refuse step counts and sizes that transformers would silently reinterpret (e.g. any
+    `max_steps <= 0` means "train num_train_epochs", so `--max-steps -5` trained 3 epochs)."""
+    problems = []
+    if training.max_steps != -1 and training.max_steps < 1:
+        problems.append(f"--max-steps must be a positive number of steps, or -1 to train --num-train-epochs "
+                        f"(got {training.max_steps})")
+    if training.max_steps == -1 and not training.num_train_epochs > 0:
+        problems.append(f"--num-train-epochs must be > 0 (got {training.num_train_epochs})")
+    for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+        if getattr(training, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(training, name)})")
+    for name in ("save_steps", "logging_steps", "warmup_steps", "learning_rate", "weight_decay",
+                 "dataloader_num_workers"):
+        value = getattr(training, name, 0)
+        if value is not None and value < 0:
+            problems.append(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
+    if training.save_total_limit is not None and training.save_total_limit < 1:
+        problems.append(f"--save-total-limit must be >= 1 (got {training.save_total_limit})")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def _take_bf16_flag(argv: list[str]) -> tuple[list[str], str | None]:

@@ -150,7 +150,7 @@ def test_split_exact_values(tmp_path, wordpiece_dir, wordpiece_tokenizer):
     counts = manifest["counts"]
     assert counts == {
         "documents": 2, "sequences": 3, "tokens": 19, "ordinary_tokens": 13, "skipped_malformed": 0,
-        "skipped_empty": 0, "documents_without_tokens": 0, "dropped_short_chunks": 1,
+        "skipped_empty": 0, "truncated_files": 0, "documents_without_tokens": 0, "dropped_short_chunks": 1,
     }
     features = dataset.features
     assert (features["input_ids"].feature.dtype, features["word_ids"].feature.dtype) == ("int32", "int32")
@@ -234,12 +234,13 @@ def test_manifest_counts_hashes_and_skips(tmp_path, wordpiece_dir, wordpiece_tok
     assert a_source == {
         "path": first, "sha256": hashlib.sha256(open(first, "rb").read()).hexdigest(),
         "bytes": os.path.getsize(first), "documents": 2, "skipped_malformed": 1, "skipped_empty": 1,
+        "truncated_after_line": None,
     }
     assert (b_source["path"], b_source["documents"], b_source["skipped_malformed"]) == (str(second), 1, 1)
     assert b_source["sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()
     assert manifest["counts"] == {
         "documents": 3, "sequences": 2, "tokens": 11, "ordinary_tokens": 7, "skipped_malformed": 2,
-        "skipped_empty": 1, "documents_without_tokens": 1, "dropped_short_chunks": 0,
+        "skipped_empty": 1, "truncated_files": 0, "documents_without_tokens": 1, "dropped_short_chunks": 0,
     }  # the zero-width-space document tokenizes to nothing: counted, no sequence
     assert manifest["tokenizer"]["vocab_sha256"] == vocab_fingerprint(wordpiece_tokenizer)
     assert manifest["tokenizer"]["vocab_size"] == len(wordpiece_tokenizer)
@@ -304,3 +305,25 @@ def test_cli_bad_input_is_one_clean_line(tmp_path, wordpiece_dir, capsys):
     assert main([*argv, "--on-error", "skip", "--output", str(tmp_path / "keep"), "--overwrite"]) == 2
     assert "refusing to overwrite" in capsys.readouterr().err
     assert (tmp_path / "keep" / "notes.txt").read_text() == "mine"
+
+
+def test_a_truncated_gzip_is_an_error_or_a_warning_that_says_the_rest_is_lost(tmp_path, wordpiece_dir, capsys):
+    """`--on-error skip` on a cut .jsonl.gz keeps what could be read and says the file is truncated
+    (not "1 malformed line"); without skip it is an error naming the file."""
+    path = tmp_path / "corpus.jsonl.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.writelines(f'{{"text": "gene number {i} of the mouse brain cells"}}\n' for i in range(2000))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    argv = ["--corpus", str(path), "--tokenizer", wordpiece_dir, "--max-length", "16", "--min-tokens", "1",
+            "--output", str(tmp_path / "out"), "--num-proc", "1"]
+    assert main(argv) == 2
+    assert f"{path}:" in capsys.readouterr().err
+    assert main([*argv, "--on-error", "skip"]) == 0
+    captured = capsys.readouterr()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    read = manifest["sources"][0]["truncated_after_line"]
+    assert 0 < read < 2000 and manifest["counts"]["documents"] == read
+    assert manifest["counts"]["skipped_malformed"] == 0 and manifest["counts"]["truncated_files"] == 1
+    assert f"warning: {path} is damaged or truncated: read up to line {read:,}" in captured.err
+    assert "1 truncated file(s)" in captured.out

@@ -311,3 +311,15 @@ def dev_split(
     train = {query_id: dict(judged) for query_id, judged in qrels.items() if query_id not in dev_ids}
     dev = {query_id: dict(judged) for query_id, judged in qrels.items() if query_id in dev_ids}
     return train, dev
+
+
+def warn_unknown_judged_documents(qrels: dict[str, dict[str, int]], known_ids, qrels_path: str, where: str) -> int:
+    """Log a warning counting the judged document ids of `qrels` that are not in `known_ids` (they can never be
+    retrieved, so they count as misses in every metric); returns how many distinct ids that is."""
+    known = known_ids if isinstance(known_ids, (set, frozenset, dict)) else set(known_ids)
+    unknown = sorted({doc for docs in qrels.values() for doc in docs if doc not in known})
+    if unknown:
+        pairs = sum(1 for docs in qrels.values() for doc in docs if doc not in known)
+        logger.warning("%s: %d judged document id(s) (%d judgement(s)) are not in %s, e.g. %s; they can never be "
+                       "retrieved and count as misses", qrels_path, len(unknown), pairs, where, unknown[:5])
+    return len(unknown)

@@ -47,6 +47,7 @@ class SourceStats:
     documents: int = 0
     skipped_malformed: int = 0
     skipped_empty: int = 0
+    truncated_after_line: int | None = None  # a damaged compressed stream: nothing after this line was read
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -99,6 +100,9 @@ def file_sha256(path: str, block_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+STREAM_LOST = "unreadable data, the rest of the file is lost"
+
+
 def _open_binary(path: str):
     return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")
 
@@ -122,7 +126,7 @@ def _numbered_lines(path: str) -> Iterator[tuple[int, str | None, str | None]]:
                 yield line_number, text, None
         except (OSError, EOFError, zlib.error) as error:
             # gzip.BadGzipFile is an OSError; a truncated stream raises EOFError.
-            yield line_number + 1, None, f"unreadable data, the rest of the file is lost ({error})"
+            yield line_number + 1, None, f"{STREAM_LOST} ({error})"
 
 
 def parse_json_object(line: str) -> dict:
@@ -182,6 +186,11 @@ def read_documents(path: str, on_error: str = "raise", stats: SourceStats | None
             message = f"{path}:{line_number}: {problem}"
             if on_error == "raise":
                 raise CorpusFormatError(message)
+            if problem.startswith(STREAM_LOST):  # not one bad line: the file ends here
+                stats.truncated_after_line = line_number - 1
+                logger.warning("%s is damaged or truncated: only its first %d lines could be read, the rest is "
+                               "lost (%s)", path, line_number - 1, problem)
+                break
             logger.warning("skipping malformed line: %s", message)
             stats.skipped_malformed += 1
             continue

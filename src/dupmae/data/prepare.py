@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pyarrow.compute as pc
 
+from dupmae.config import positive_int
 from dupmae.data.chunking import STRATEGIES, Packer, chunk_document, make_sequence, special_token_template
 from dupmae.data.formats import (
     ON_ERROR_CHOICES,
@@ -160,7 +161,9 @@ def _documents_dataset(stats: list[SourceStats], on_error: str, cache_dir: str):
         dataset = None  # an empty generator may fail inside datasets; report it as an input error below
     documents = sum(source.documents for source in stats)
     if documents == 0:
-        raise PrepareError("the corpus contains no non-empty document")
+        described = ", ".join(f"{source.path} ({source.skipped_empty} empty, {source.skipped_malformed} malformed lines)"
+                              for source in stats)
+        raise PrepareError(f"the corpus contains no non-empty document: {described}")
     if len(dataset) != documents:  # would mean the reader's counts did not see every row
         raise RuntimeError(f"read {documents} documents but the dataset has {len(dataset)} rows")
     return dataset
@@ -325,6 +328,7 @@ def prepare_corpus(
             "ordinary_tokens": ordinary_tokens,
             "skipped_malformed": sum(source.skipped_malformed for source in stats),
             "skipped_empty": sum(source.skipped_empty for source in stats),
+            "truncated_files": sum(source.truncated_after_line is not None for source in stats),
             "documents_without_tokens": int(np.count_nonzero(num_tokens == 0)),
             "dropped_short_chunks": dropped,
         }
@@ -344,7 +348,7 @@ def _manifest(stats, tokenizer, tokenizer_path, max_length, strategy, min_tokens
         "sources": [
             {"path": source.path, "sha256": file_sha256(source.path), "bytes": os.path.getsize(source.path),
              "documents": source.documents, "skipped_malformed": source.skipped_malformed,
-             "skipped_empty": source.skipped_empty}
+             "skipped_empty": source.skipped_empty, "truncated_after_line": source.truncated_after_line}
             for source in stats
         ],
         "tokenizer": {"path": tokenizer_path, "class": type(tokenizer).__name__, "vocab_size": len(tokenizer),
@@ -431,22 +435,22 @@ def build_parser() -> argparse.ArgumentParser:
                              "'title'), or plain text with one document per line")
     parser.add_argument("--tokenizer", required=True, metavar="PATH",
                         help="local folder of a fast Hugging Face tokenizer (e.g. the model you will pre-train)")
-    parser.add_argument("--max-length", type=int, default=256,
+    parser.add_argument("--max-length", type=positive_int, default=256,
                         help="tokens per sequence including special tokens (default: %(default)s)")
     parser.add_argument("--output", required=True, metavar="DIR",
                         help="output folder; must not exist or be empty (see --overwrite)")
     parser.add_argument("--strategy", choices=STRATEGIES, default="split",
                         help="split: consecutive chunks per document; pack: concatenate documents and cut; "
                              "truncate: first chunk of each document only (default: %(default)s)")
-    parser.add_argument("--num-proc", type=int, default=None,
+    parser.add_argument("--num-proc", type=positive_int, default=None,
                         help="tokenizer processes (default: min(4, number of CPUs))")
     parser.add_argument("--on-error", choices=ON_ERROR_CHOICES, default="raise",
                         help="malformed corpus line: stop with an error naming file and line, or skip and count it "
                              "(default: %(default)s)")
-    parser.add_argument("--min-tokens", type=int, default=16,
+    parser.add_argument("--min-tokens", type=positive_int, default=16,
                         help="drop a final chunk with fewer content tokens than this, unless it is the only one "
                              "(default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=1000,
+    parser.add_argument("--batch-size", type=positive_int, default=1000,
                         help="documents per tokenizer call (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing prepared dataset at --output")
@@ -476,10 +480,15 @@ def main(argv: list[str]) -> int:
         print(f"dupmae prepare: error: {error}", file=sys.stderr)
         return 2
     counts = manifest["counts"]
+    for source in manifest["sources"]:
+        if source.get("truncated_after_line") is not None:
+            print(f"warning: {source['path']} is damaged or truncated: read up to line {source['truncated_after_line']:,}"
+                  f" ({source['documents']:,} documents); the rest of the file is lost", file=sys.stderr)
     print(
         f"{counts['documents']:,} documents -> {counts['sequences']:,} sequences, {counts['tokens']:,} tokens "
         f"({counts['ordinary_tokens']:,} ordinary) in {time.monotonic() - started:.1f} s; "
-        f"skipped {counts['skipped_malformed']:,} malformed, {counts['skipped_empty']:,} empty; "
+        f"skipped {counts['skipped_malformed']:,} malformed, {counts['skipped_empty']:,} empty"
+        f"{', ' + str(counts['truncated_files']) + ' truncated file(s)' if counts.get('truncated_files') else ''}; "
         f"dropped {counts['dropped_short_chunks']:,} short chunks -> {arguments.output}"
     )
     return 0

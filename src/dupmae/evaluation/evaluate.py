@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from dupmae.data.beir import load_qrels
+from dupmae.data.beir import load_corpus, load_qrels, warn_unknown_judged_documents
 from dupmae.data.formats import CorpusFormatError
 from dupmae.evaluation.metrics import DEFAULT_METRICS, evaluate, format_table
 from dupmae.retrieval.trec import read_run
@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     parser.add_argument("--per-query", action="store_true", help="include every query's values in the JSON output")
+    parser.add_argument("--corpus", help="corpus.jsonl (or BEIR folder) the run searched: judged document ids that "
+                        "are not in it are counted in a warning (they can never be retrieved)")
     parser.add_argument(
         "--baseline",
         help="a second TREC run to compare with: per metric its mean, the difference (run - baseline) and "
@@ -83,6 +85,10 @@ def main(argv: list[str]) -> int:
     try:
         run = read_run(arguments.run)
         qrels = load_qrels(arguments.qrels)
+        if arguments.corpus:
+            corpus_path = os.path.join(arguments.corpus, "corpus.jsonl") if os.path.isdir(arguments.corpus) \
+                else arguments.corpus
+            warn_unknown_judged_documents(qrels, load_corpus(corpus_path), arguments.qrels, corpus_path)
         summary = evaluate(run, qrels, arguments.metrics, per_query=arguments.per_query or bool(arguments.baseline))
         if arguments.baseline:
             comparison = compare(summary, evaluate(read_run(arguments.baseline), qrels, arguments.metrics,

@@ -14,6 +14,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from dupmae.data.integrity import load_safetensors
+
 WEIGHTS_FILE = "model.safetensors"  # the name the HF Trainer looks for when resuming
 
 
@@ -37,7 +39,8 @@ def save_weights(module: nn.Module, directory: str | Path) -> None:
 
 def load_weights(module: nn.Module, directory: str | Path) -> None:
     """Load `save_weights` output into `module` (built with the same config); tied names may be absent."""
-    state = safetensors.torch.load_file(str(Path(directory) / WEIGHTS_FILE), device="cpu")
+    state = load_safetensors(Path(directory) / WEIGHTS_FILE, "torch", "weights file",
+                             "resume from an earlier checkpoint or rerun the step that wrote it")
     result = module.load_state_dict(state, strict=False)
     missing = set(result.missing_keys) - set(deduplicated_state_dict(module)[1])
     if result.unexpected_keys or missing:

@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TextIO
 
+from dupmae.data.integrity import read_json_file
+
 from dupmae.pipeline.config import ConfigError, PipelineConfig, describe, load_pipeline_config
 from dupmae.pipeline.data import (
     DownloadError,
@@ -50,10 +52,12 @@ def stage_key(stage: Stage, inputs: dict[str, Finished]) -> str:
 
 
 def read_marker(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / MARKER).read_text())
-    except (OSError, json.JSONDecodeError):
+    """The stage's record, None when it has not finished; a damaged record is a `DamagedFileError`."""
+    if not (folder / MARKER).is_file():
         return None
+    return read_json_file(folder / MARKER, "stage record",
+                          f"remove {folder} to run that stage again (it is written last, by a rename: something "
+                          "else changed it)")
 
 
 def write_marker(folder: Path, record: dict) -> None:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from dupmae.data.integrity import read_json_file, write_json_atomically
 from dupmae.pipeline.config import NOT_HASHED, PipelineConfig
 from dupmae.pipeline.data import CollectionPaths
 
@@ -320,10 +321,10 @@ def _train_once(context: Context, name: str, output: Path, train: Callable[[bool
     """
     done = context.folder / f"{name}.done.json"
     if done.is_file():
-        return json.loads(done.read_text())["global_step"], True
+        return read_json_file(done, "training record", f"remove it to train {name} again")["global_step"], True
     resume = _fresh_or_resume(output)
     step = train(resume)
-    done.write_text(json.dumps({"global_step": step}) + "\n")
+    write_json_atomically(done, {"global_step": step})
     return step, resume
 
 

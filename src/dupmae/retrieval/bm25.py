@@ -23,6 +23,7 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
+from dupmae.config import positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -129,12 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", required=True, help="BEIR folder (corpus.jsonl inside) or a corpus.jsonl file")
     parser.add_argument("--queries", help="queries.jsonl (default: CORPUS_FOLDER/queries.jsonl)")
     parser.add_argument("--qrels", help="search only the queries judged here (and check its ids)")
-    parser.add_argument("--top-k", type=int, default=1000, help="documents per query (default: %(default)s)")
+    parser.add_argument("--top-k", type=positive_int, default=1000, help="documents per query (default: %(default)s)")
     parser.add_argument("--output", required=True, help="TREC run file to write")
     parser.add_argument("--tag", default="bm25", help="run tag, last column (default: %(default)s)")
     parser.add_argument("--k1", type=float, default=1.5, help="BM25 k1 (default: %(default)s)")
     parser.add_argument("--b", type=float, default=0.75, help="BM25 b (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="search threads (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="search threads (default: %(default)s)")
     return parser
 
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 
+from dupmae.config import positive_int
 from dupmae.data.beir import check_qrels, load_corpus, load_qrels, load_queries
 from dupmae.data.formats import CorpusFormatError, file_sha256
 from dupmae.retrieval.trec import Results, ranked
@@ -125,9 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", required=True, help="BEIR folder (corpus.jsonl inside) or a corpus.jsonl file")
     parser.add_argument("--queries", help="queries.jsonl (default: queries.jsonl next to the corpus)")
     parser.add_argument("--qrels", required=True, help="qrels of the queries to mine (BEIR .tsv or TREC qrels)")
-    parser.add_argument("--depth", type=int, default=200, help="top results to take negatives from (default: 200)")
+    parser.add_argument("--depth", type=positive_int, default=200, help="top results to take negatives from (default: 200)")
     parser.add_argument("--output", required=True, help="negatives .jsonl to write")
-    parser.add_argument("--threads", type=int, default=1, help="search threads (default: 1)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="search threads (default: 1)")
     return parser
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from dupmae.config import positive_int
 from dupmae.platform.accelerations import add_arguments
 from dupmae.retrieval.approximate import build_faiss_index, candidate_scores, concatenate
-from dupmae.retrieval.encode import INDEX_MANIFEST, index_parts, load_part
+from dupmae.retrieval.encode import INDEX_MANIFEST, index_document_ids, index_parts, load_part, read_manifest
 from dupmae.retrieval.index import HybridScorer, TopK
 
 
@@ -32,7 +33,7 @@ def search_index(retriever, index: str | Path, queries: dict[str, str], top_k: i
     manifest_path = index / INDEX_MANIFEST
     if not manifest_path.is_file():
         raise FileNotFoundError(f"{index} is not a dupmae index (no {INDEX_MANIFEST}); build one with `dupmae encode`")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = read_manifest(index)
     if manifest["representation"] != dataclasses.asdict(retriever.config):
         raise ValueError(f"the index {index} was encoded with other representation settings than this model")
     parts = index_parts(index)
@@ -85,7 +86,7 @@ def _approximate(encoded, parts, top_k, exclude_self, factory, candidates, threa
 
 
 def main(argv: list[str]) -> int:
-    from dupmae.data.beir import load_qrels, load_queries
+    from dupmae.data.beir import load_qrels, load_queries, warn_unknown_judged_documents
     from dupmae.modeling.retriever import Retriever
     from dupmae.retrieval.trec import write_run
 
@@ -94,18 +95,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--index", required=True, help="folder written by `dupmae encode`")
     parser.add_argument("--queries", required=True, help="queries.jsonl")
     parser.add_argument("--qrels", help="only search the queries judged in this qrels file")
-    parser.add_argument("--top-k", type=int, default=1000)
+    parser.add_argument("--top-k", type=positive_int, default=1000)
     parser.add_argument("--output", required=True, help="TREC run file to write")
     parser.add_argument("--remove-self-hits", action="store_true", help="drop hits whose doc id equals the query id")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     add_arguments(parser, ())
     parser.add_argument("--tag", default="dupmae")
     parser.add_argument("--dense-index", default="Flat",
                         help="FAISS factory string for the dense part: Flat (default) = exact scoring of every "
                              "document; e.g. HNSW32 or IVF256,Flat = approximate candidates, re-scored exactly")
-    parser.add_argument("--candidates", type=int, default=None,
+    parser.add_argument("--candidates", type=positive_int, default=None,
                         help="with an approximate --dense-index: candidates per query (default: --top-k)")
-    parser.add_argument("--threads", type=int, default=1, help="FAISS threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="FAISS threads")
     args = parser.parse_args(argv)
     try:
         queries = load_queries(args.queries)
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> int:
             if missing:
                 raise ValueError(f"{args.qrels}: query ids not in {args.queries}: {missing[:5]}")
             queries = {q: queries[q] for q in judged}
+            warn_unknown_judged_documents(judged, index_document_ids(args.index), args.qrels, f"the index {args.index}")
         retriever = Retriever.from_pretrained(args.model, batch_size=args.batch_size, bf16=args.bf16)
         results = search_index(retriever, args.index, queries, args.top_k, args.remove_self_hits,
                                args.dense_index, args.candidates, args.threads)

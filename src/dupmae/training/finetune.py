@@ -26,7 +26,8 @@ from dupmae.platform import Accelerations, prepare
 from dupmae.platform.precision import training_device
 from dupmae.training.contrastive import contrastive_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
-from dupmae.training.trainer import CollatorEpochCallback, JsonlLogCallback, checkpoint_to_resume, train_or_finish
+from dupmae.training.trainer import (CheckpointMarkerCallback, CollatorEpochCallback, JsonlLogCallback,
+                                    checkpoint_to_resume, train_or_finish)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ class FinetuneArguments:
             value = getattr(self, name)
             if value and not Path(value).exists():
                 raise FileNotFoundError(f"--{name}: {value} does not exist")
+        if self.negative_depth < 1:
+            raise ValueError(f"--negative-depth must be >= 1, got {self.negative_depth}")
         if self.group_size < 1 or self.temperature <= 0 or not 0 <= self.dev_fraction < 1:
             raise ValueError("group_size must be >= 1, temperature > 0 and 0 <= dev_fraction < 1")
 
@@ -151,7 +154,7 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, acce
                              seed=training.seed)
     trainer = ContrastiveTrainer(
         model=encoder, args=training, train_dataset=QueryDataset(query_ids), data_collator=collator,
-        processing_class=tokenizer, callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
+        processing_class=tokenizer, callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), CheckpointMarkerCallback(), *callbacks],
         group_size=args.group_size, temperature=args.temperature, across_devices=args.negatives_across_devices,
     )
     check_world_size(training)

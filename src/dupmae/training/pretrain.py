@@ -31,6 +31,7 @@ from dupmae.platform import Accelerations, prepare
 from dupmae.platform.precision import training_device
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
+    CheckpointMarkerCallback,
     CollatorEpochCallback,
     FreezeEncoderCallback,
     JsonlLogCallback,
@@ -94,6 +95,8 @@ class RunArguments:
                 "sentence encoders: their first gradients mostly fix the head, at the encoder's expense."})
 
     def __post_init__(self) -> None:
+        if self.pad_to_multiple_of is not None and self.pad_to_multiple_of < 1:
+            raise ValueError(f"--pad-to-multiple-of must be >= 1, got {self.pad_to_multiple_of}")
         if self.freeze_encoder_steps < 0:
             raise ValueError(f"--freeze-encoder-steps must be >= 0, got {self.freeze_encoder_steps}")
         if self.attention_dropout is not None and not 0.0 <= self.attention_dropout < 1.0:
@@ -184,7 +187,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, accelerations:
         train_dataset=dataset,
         data_collator=collator,
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), *callbacks],
+        callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), CheckpointMarkerCallback(), *callbacks],
     )
     if run_args.freeze_encoder_steps:
         trainer.add_callback(FreezeEncoderCallback(encoder.base_model.parameters(), run_args.freeze_encoder_steps))

@@ -6,24 +6,31 @@
   TensorBoard and `train_log.jsonl`).
 - `save_model`: writes the whole pre-training state (encoder, head, decoder, options) in safetensors.
 - `FreezeEncoderCallback`: `dupmae pretrain --freeze-encoder-steps N` (train the new parts first).
+- `CheckpointMarkerCallback` + `checkpoint_to_resume`: a checkpoint is marked complete last (file
+  names and sizes), and `--resume` takes the newest one that is complete and whose safetensors
+  headers read; a damaged or unfinished newer one is named in a warning and moved aside.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import get_last_checkpoint
 
+from dupmae.data.integrity import DamagedFileError, read_json_file, verify_safetensors, write_json_atomically
 from dupmae.modeling.pretraining import TERMS, combine_losses, local_counts
 from dupmae.modeling.persistence import load_weights
 from dupmae.training.distributed import all_reduce_sum, world_size
 
 logger = logging.getLogger(__name__)
+CHECKPOINT_MARKER = "dupmae_checkpoint.json"  # written last: the checkpoint's files, names and sizes
+DAMAGED_FOLDER = "damaged"  # where --resume moves checkpoints it cannot use (never deleted)
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 LOG_FILE = "train_log.jsonl"
 
@@ -134,27 +141,99 @@ class FreezeEncoderCallback(TrainerCallback):
         self.handles = []
 
 
+class CheckpointMarkerCallback(TrainerCallback):
+    """After the Trainer has written a checkpoint (weights, optimizer, scheduler, RNG, trainer state),
+    mark it complete: `dupmae_checkpoint.json` with every file's size, renamed into place last."""
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            files = {path.name: path.stat().st_size for path in sorted(folder.iterdir())
+                     if path.is_file() and path.name != CHECKPOINT_MARKER and not path.name.endswith(".tmp")}
+            write_json_atomically(folder / CHECKPOINT_MARKER, {"global_step": state.global_step, "files": files})
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete, readable checkpoint; None when it is.
+
+    Complete: marked by `CheckpointMarkerCallback` with every listed file present at its recorded size
+    (a checkpoint of an older dupmae, without the marker, is accepted when its trainer state parses),
+    every safetensors file whole, and `trainer_state.json` readable."""
+    marker = folder / CHECKPOINT_MARKER
+    try:
+        if marker.is_file():
+            for name, size in read_json_file(marker, "checkpoint marker")["files"].items():
+                path = folder / name
+                if not path.is_file():
+                    return f"{name} is missing"
+                if path.stat().st_size != size:
+                    return f"{name} holds {path.stat().st_size} bytes, {size} when it was written"
+        elif not (folder / "trainer_state.json").is_file():
+            return "it was never completed (interrupted while being written)"
+        for path in sorted(folder.glob("*.safetensors")):
+            verify_safetensors(path)
+        read_json_file(folder / "trainer_state.json", "trainer state")["global_step"]
+    except (DamagedFileError, FileNotFoundError, KeyError, TypeError) as error:
+        return str(error)
+    return None
+
+
+def _checkpoints_newest_first(output_dir: Path) -> list[Path]:
+    found = [(int(match.group(1)), path) for path in output_dir.iterdir()
+             if path.is_dir() and (match := _CHECKPOINT_NAME.match(path.name))]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
 def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
-    """The checkpoint `--resume` continues from (None without `--resume`).
+    """The checkpoint `--resume` continues from (None without `--resume`): the newest complete one.
 
     Without `--resume`, an output folder that already holds checkpoints is refused rather than
-    mixed into. With it, log records written after the checkpoint are dropped, so
-    `train_log.jsonl` reads as one uninterrupted run.
+    mixed into. With it, newer checkpoints that are damaged or unfinished are named in a warning and
+    moved to `OUTPUT/damaged/` (so the Trainer rewrites them from scratch), and log records written
+    after the chosen checkpoint are dropped, so `train_log.jsonl` reads as one uninterrupted run.
     """
     output_dir = Path(output_dir)
     if not resume:
         if output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
             raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, or a new --output")
         return None
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if checkpoint is None:
+    checkpoints = _checkpoints_newest_first(output_dir) if output_dir.is_dir() else []
+    if not checkpoints:
         raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
-    step = json.loads((Path(checkpoint) / "trainer_state.json").read_text())["global_step"]
+    chosen, skipped = None, []
+    for checkpoint in checkpoints:
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            chosen = checkpoint
+            break
+        skipped.append((checkpoint, problem))
+    if chosen is None:
+        named = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
+        raise FileNotFoundError(f"--resume: no complete checkpoint in {output_dir} ({named}); start again with a "
+                                "new --output")
+    for checkpoint, problem in skipped:
+        aside = output_dir / DAMAGED_FOLDER / checkpoint.name
+        if aside.exists():
+            aside = aside.with_name(f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        aside.parent.mkdir(exist_ok=True)
+        checkpoint.rename(aside)
+        logger.warning("--resume: %s is not a complete checkpoint (%s): skipped, and moved to %s; resuming from %s",
+                       checkpoint, problem, aside, chosen.name)
+    step = read_json_file(chosen / "trainer_state.json", "trainer state")["global_step"]
     log_path = output_dir / LOG_FILE
     if log_path.is_file():
-        kept = [line for line in log_path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line in log_path.read_text().splitlines() if _complete_record(line, step)]
         log_path.write_text("".join(line + "\n" for line in kept))
-    return checkpoint
+    return str(chosen)
+
+
+def _complete_record(line: str, step: int) -> bool:
+    """A log line to keep on resuming: a whole JSON record of a step up to `step` (a line cut by a
+    kill is dropped, as are records of steps after the checkpoint)."""
+    try:
+        return bool(line) and json.loads(line)["step"] <= step
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
 
 
 def train_or_finish(trainer, checkpoint: str | None) -> None:
@@ -165,7 +244,7 @@ def train_or_finish(trainer, checkpoint: str | None) -> None:
     run trained one extra step (docs/bugs-and-fixes.md).
     """
     if checkpoint is not None:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        state = read_json_file(Path(checkpoint) / "trainer_state.json", "trainer state")
         args = trainer.args
         done = (state["global_step"] >= args.max_steps if args.max_steps > 0
                 else state["global_step"] >= state.get("max_steps", float("inf"))
