@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dev-qrels", help="qrels of a dev split carved from train (e.g. the pipeline's dev_qrels.tsv)")
     parser.add_argument("--passage-max-length", type=int, default=128)
     parser.add_argument("--sparse-top-k", type=int, default=384)
-    parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--bf16", nargs="?", const="true", default="auto", choices=["auto", "true", "false"],
+                        help="bf16 autocast: auto (default) = where the device multiplies bf16 natively")
     parser.add_argument("--output", help="also write the table as JSON")
     args = parser.parse_args(argv)
     for path in (args.model, args.data, args.dev_qrels):

@@ -72,12 +72,19 @@ def test_resume_skips_a_damaged_newest_checkpoint_and_ends_identical(setup, tmp_
     assert_same_run(straight, broken)
 
 
-def test_resume_with_no_complete_checkpoint_is_a_clear_error(setup, tmp_path):  # noqa: F811
-    output = tmp_path / "run"
-    pretrain(*parse_arguments(base_flags(setup, output, steps=2)))
-    (output / "checkpoint-2" / "trainer_state.json").write_text("{")
-    with pytest.raises(FileNotFoundError, match=r"no complete checkpoint in .*checkpoint-2: .*trainer_state.json"):
-        checkpoint_to_resume(output, resume=True)
+def test_resume_with_no_complete_checkpoint_starts_again_from_step_0(setup, tmp_path, caplog):  # noqa: F811
+    """Killed while writing the first checkpoint: `--resume` moves it aside and trains from the start."""
+    straight, broken = straight_and_checkpointed(setup, tmp_path, steps=2)
+    (broken / "checkpoint-2" / "trainer_state.json").write_text("{")
+    (broken / "model.safetensors").unlink()
+    with caplog.at_level(logging.WARNING, logger="dupmae.training.trainer"):
+        assert checkpoint_to_resume(broken, resume=True) is None
+    assert "trainer_state.json" in caplog.text and "training starts again from step 0" in caplog.text
+    assert read_log(broken) == [] and (broken / "damaged" / "checkpoint-2").is_dir()
+    pretrain(*parse_arguments([*base_flags(setup, broken, steps=2), "--resume"]))
+    wa, wb = weights(straight), weights(broken)
+    assert all(torch.equal(wa[name], wb[name]) for name in wa)
+    assert step_records(read_log(straight)) == step_records(read_log(broken))
 
 
 def test_a_log_line_cut_by_a_kill_is_dropped_on_resume(setup, tmp_path):  # noqa: F811

@@ -19,7 +19,7 @@ from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.platform import Accelerations, prepare
 from dupmae.platform.cpu.fast_dropout import FastDropout
 from dupmae.platform.precision import native_bf16, parse_bf16, resolve_bf16
-from test_lean_losses import forward_backward, tiny_encoder
+from test_lean_losses import forward_backward
 from test_masking import TEXTS, collate
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "dupmae"

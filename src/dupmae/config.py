@@ -127,7 +127,9 @@ class PretrainingOptions:
 
     @classmethod
     def load(cls, path: str | Path) -> "PretrainingOptions":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        from dupmae.data.integrity import read_json_file
+
+        return cls.from_dict(read_json_file(path, "pre-training options"))
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForMaskedLM, AutoTokenizer, PreTrainedModel
 
+from dupmae.data.integrity import read_json_file
 from dupmae.modeling.checkpointing import DelegatesCheckpointing
 from dupmae.modeling.head_init import load_masked_lm
 from dupmae.modeling.heads import mlm_head_name, split_if_exact
@@ -92,7 +93,7 @@ class RepresentationConfig:
 
     @classmethod
     def load(cls, directory: str | Path) -> "RepresentationConfig":
-        values = json.loads((Path(directory) / CONFIG_FILE).read_text())
+        values = read_json_file(Path(directory) / CONFIG_FILE, "representation settings")
         known = {f.name for f in dataclasses.fields(cls)}
         if set(values) - known:
             raise ValueError(f"{Path(directory) / CONFIG_FILE}: unknown setting(s) {sorted(set(values) - known)}")

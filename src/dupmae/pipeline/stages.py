@@ -21,7 +21,6 @@ the systems, every neural system S also gets a hybrid: bm25 + eval-S ── hybr
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
@@ -208,8 +207,10 @@ def _fresh_or_resume(folder: Path) -> bool:
     """True when `folder` holds a checkpoint to resume from; otherwise clear what an earlier start left."""
     if _has_checkpoint(folder):
         return True
-    if folder.exists():
-        shutil.rmtree(folder)  # started but never reached a checkpoint: nothing worth keeping
+    if folder.exists():  # started but never reached a checkpoint: nothing worth keeping, but say so
+        logger.warning("removing %s: an earlier start of this stage reached no checkpoint; training starts again",
+                       folder)
+        shutil.rmtree(folder)
     return False
 
 

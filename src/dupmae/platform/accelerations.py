@@ -172,10 +172,11 @@ def prepare(model: nn.Module, device: torch.device | str, accelerations: Acceler
     kernel = None
     if cross_entropy == "liger":
         from dupmae.platform.cuda import liger_linear_cross_entropy as kernel
-    for module in model.modules():
-        if hasattr(module, "set_vocabulary_kernels"):
-            module.set_vocabulary_kernels(linear_cross_entropy=kernel, materialise_bow=max_pool == "materialised")
-    applied.append(f"vocabulary: {cross_entropy} cross-entropy, {max_pool} BoW max-pool")
+    takers = [module for module in model.modules() if hasattr(module, "set_vocabulary_kernels")]
+    for module in takers:
+        module.set_vocabulary_kernels(linear_cross_entropy=kernel, materialise_bow=max_pool == "materialised")
+    if takers:
+        applied.append(f"vocabulary: {cross_entropy} cross-entropy, {max_pool} BoW max-pool")
 
     if accelerations.compile_layers:
         count = compile_layers(model)

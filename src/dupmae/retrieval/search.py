@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -65,8 +64,8 @@ def search_blocks(encoded, blocks, top_k: int, exclude_self: bool = False) -> To
 
 
 def _exact(encoded, parts, top_k, exclude_self, show_progress):
-    blocks = (load_part(part) for part in tqdm(parts, desc="searching", unit="part", disable=not show_progress))
-    best = search_blocks(encoded, blocks, top_k, exclude_self)
+    with tqdm(parts, desc="searching", unit="part", disable=not show_progress) as progress:  # closed on an error too
+        best = search_blocks(encoded, (load_part(part) for part in progress), top_k, exclude_self)
     return best.results(encoded.ids), best.seen
 
 

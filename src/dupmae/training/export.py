@@ -14,6 +14,7 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
+from dupmae.data.integrity import read_json_file
 from dupmae import __version__
 from dupmae.modeling.pretraining import DupMAEForPretraining
 
@@ -30,7 +31,7 @@ def export_encoder(checkpoint: str | Path, output: str | Path, overwrite: bool =
     model.encoder.save_pretrained(output)  # safetensors by default; ties handled by transformers
     AutoTokenizer.from_pretrained(checkpoint).save_pretrained(output)
     state_file = checkpoint / "trainer_state.json"
-    step = json.loads(state_file.read_text()).get("global_step") if state_file.is_file() else None
+    step = read_json_file(state_file, "trainer state").get("global_step") if state_file.is_file() else None
     manifest = {"source": str(checkpoint.resolve()), "global_step": step, "pretraining": model.options.to_dict(),
                 "dupmae_version": __version__}
     (output / EXPORT_MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")

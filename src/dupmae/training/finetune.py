@@ -127,10 +127,11 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, acce
     from dupmae.data.beir import dev_split, load_beir
 
     output = Path(training.output_dir)
+    for name in ("vocab_loss", "bow_pool"):  # pre-training's vocabulary kernels: refused, not silently ignored
+        if getattr(accelerations, name) not in ("auto", "chunked"):
+            raise ValueError(f"{name}={getattr(accelerations, name)} is a pre-training setting: fine-tuning has "
+                             "no vocabulary cross-entropy or BoW loss")
     checkpoint = checkpoint_to_resume(output, args.resume)
-    if accelerations.vocab_loss not in ("auto", "chunked"):
-        raise ValueError(f"vocab_loss={accelerations.vocab_loss} is a pre-training setting: fine-tuning has no "
-                         "vocabulary cross-entropy")
 
     set_seed(training.seed)
     collection = load_beir(args.data, args.split)

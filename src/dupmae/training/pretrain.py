@@ -23,11 +23,13 @@ from transformers import (
     set_seed,
 )
 
+from dupmae.data.integrity import read_json_file
 from dupmae.config import PretrainingOptions, parse_with_config_file
 from dupmae.data.collator import PretrainingCollator
 from dupmae.modeling.head_init import MISSING_HEAD_INITS, load_masked_lm, override_config
 from dupmae.modeling.pretraining import DupMAEForPretraining
 from dupmae.platform import Accelerations, prepare
+from dupmae.platform.accelerations import resolve_vocabulary_kernels
 from dupmae.platform.precision import training_device
 from dupmae.training.distributed import accelerator_available, check_world_size, shutdown
 from dupmae.training.trainer import (
@@ -132,7 +134,7 @@ def load_encoder(run_args: RunArguments, tokenizer):
     if run_args.model:
         encoder = load_masked_lm(run_args.model, run_args.missing_head_init, overrides)
     else:
-        values = json.loads(Path(run_args.model_config).read_text())
+        values = read_json_file(run_args.model_config, "model config")
         if "model_type" not in values:
             raise ValueError(f"{run_args.model_config}: a config needs 'model_type' (e.g. \"bert\")")
         config = override_config(AutoConfig.for_model(**values), overrides, run_args.model_config)
@@ -165,6 +167,8 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, accelerations:
     if training_args.dataloader_persistent_workers and training_args.dataloader_num_workers > 0:
         raise ValueError("dataloader_persistent_workers would keep the collator of the first epoch in the workers, "
                          "so every epoch would repeat its masks; leave it false (workers restart each epoch)")
+    device = training_device(training_args.use_cpu)
+    resolve_vocabulary_kernels(accelerations, device)  # a kernel this device lacks fails here, before anything moves
     checkpoint = checkpoint_to_resume(output_dir, run_args.resume)
 
     set_seed(training_args.seed)  # before building the model: the decoder and a fresh head are initialised here
@@ -175,7 +179,7 @@ def pretrain(run_args: RunArguments, options: PretrainingOptions, accelerations:
     encoder = load_encoder(run_args, tokenizer)
     check_data(manifest, tokenizer, encoder)
     model = DupMAEForPretraining(encoder, options)
-    prepare(model, training_device(training_args.use_cpu), accelerations, training=True, tf32=training_args.tf32)
+    prepare(model, device, accelerations, training=True, tf32=training_args.tf32)
 
     collator = PretrainingCollator(
         options, tokenizer.pad_token_id, tokenizer.mask_token_id, vocab_size=len(tokenizer),

@@ -190,7 +190,8 @@ def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
     Without `--resume`, an output folder that already holds checkpoints is refused rather than
     mixed into. With it, newer checkpoints that are damaged or unfinished are named in a warning and
     moved to `OUTPUT/damaged/` (so the Trainer rewrites them from scratch), and log records written
-    after the chosen checkpoint are dropped, so `train_log.jsonl` reads as one uninterrupted run.
+    after the chosen checkpoint are dropped, so `train_log.jsonl` reads as one uninterrupted run. When
+    no checkpoint is complete (killed while writing the first), training starts again from step 0 (None).
     """
     output_dir = Path(output_dir)
     if not resume:
@@ -207,24 +208,21 @@ def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
             chosen = checkpoint
             break
         skipped.append((checkpoint, problem))
-    if chosen is None:
-        named = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
-        raise FileNotFoundError(f"--resume: no complete checkpoint in {output_dir} ({named}); start again with a "
-                                "new --output")
     for checkpoint, problem in skipped:
         aside = output_dir / DAMAGED_FOLDER / checkpoint.name
         if aside.exists():
             aside = aside.with_name(f"{checkpoint.name}-{time.strftime('%Y%m%d-%H%M%S')}")
         aside.parent.mkdir(exist_ok=True)
         checkpoint.rename(aside)
-        logger.warning("--resume: %s is not a complete checkpoint (%s): skipped, and moved to %s; resuming from %s",
-                       checkpoint, problem, aside, chosen.name)
-    step = read_json_file(chosen / "trainer_state.json", "trainer state")["global_step"]
+        logger.warning("--resume: %s is not a complete checkpoint (%s): skipped, and moved to %s; %s",
+                       checkpoint, problem, aside, f"resuming from {chosen.name}" if chosen else
+                       "no complete checkpoint is left, so training starts again from step 0")
+    step = read_json_file(chosen / "trainer_state.json", "trainer state")["global_step"] if chosen else 0
     log_path = output_dir / LOG_FILE
     if log_path.is_file():
         kept = [line for line in log_path.read_text().splitlines() if _complete_record(line, step)]
         log_path.write_text("".join(line + "\n" for line in kept))
-    return str(chosen)
+    return str(chosen) if chosen else None
 
 
 def _complete_record(line: str, step: int) -> bool:
