@@ -78,10 +78,9 @@ def test_resume_with_no_complete_checkpoint_starts_again_from_step_0(setup, tmp_
     (broken / "checkpoint-2" / "trainer_state.json").write_text("{")
     (broken / "model.safetensors").unlink()
     with caplog.at_level(logging.WARNING, logger="dupmae.training.trainer"):
-        assert checkpoint_to_resume(broken, resume=True) is None
+        pretrain(*parse_arguments([*base_flags(setup, broken, steps=2), "--resume"]))
     assert "trainer_state.json" in caplog.text and "training starts again from step 0" in caplog.text
-    assert read_log(broken) == [] and (broken / "damaged" / "checkpoint-2").is_dir()
-    pretrain(*parse_arguments([*base_flags(setup, broken, steps=2), "--resume"]))
+    assert (broken / "damaged" / "checkpoint-2").is_dir()
     wa, wb = weights(straight), weights(broken)
     assert all(torch.equal(wa[name], wb[name]) for name in wa)
     assert step_records(read_log(straight)) == step_records(read_log(broken))
@@ -118,3 +117,13 @@ def test_damaged_files_are_errors_that_name_them(tmp_path):
         verify_safetensors(tmp_path / "w.safetensors")
     with pytest.raises(FileNotFoundError):
         read_json_file(tmp_path / "missing.json")
+
+
+def test_resume_after_every_checkpoint_was_moved_aside_starts_again(setup, tmp_path, caplog):  # noqa: F811
+    output = tmp_path / "run"
+    (output / "damaged" / "checkpoint-2").mkdir(parents=True)  # an earlier --resume moved the only one aside
+    with caplog.at_level(logging.WARNING, logger="dupmae.training.trainer"):
+        assert checkpoint_to_resume(output, resume=True) is None
+    assert "holds no checkpoint but earlier damaged ones" in caplog.text
+    with pytest.raises(FileNotFoundError, match="no checkpoint-\\* folder"):
+        checkpoint_to_resume(tmp_path / "never-started", resume=True)

@@ -199,7 +199,11 @@ def checkpoint_to_resume(output_dir: str | Path, resume: bool) -> str | None:
             raise FileExistsError(f"{output_dir} already holds checkpoints: pass --resume to continue, or a new --output")
         return None
     checkpoints = _checkpoints_newest_first(output_dir) if output_dir.is_dir() else []
-    if not checkpoints:
+    if not checkpoints and (output_dir / DAMAGED_FOLDER).is_dir():
+        logger.warning("--resume: %s holds no checkpoint but earlier damaged ones in %s/: training starts again "
+                       "from step 0", output_dir, DAMAGED_FOLDER)
+        checkpoints = []
+    elif not checkpoints:
         raise FileNotFoundError(f"--resume: no checkpoint-* folder in {output_dir}")
     chosen, skipped = None, []
     for checkpoint in checkpoints:
