@@ -441,10 +441,10 @@ def measure_distributed(report: Report, args, work: Path, data: Path, device: to
                          env=child_environment(), capture_output=True, text=True)
     record = {"steps": steps, "global_batch": global_batch, "single_exit": one.returncode}
     backends = ["nccl", "gloo"] if device.type == "cuda" else ["gloo"]
-    for backend in backends:
+    for port, backend in enumerate(backends, start=29511):
         double = work / f"double-{backend}"
         launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                    str(29500 + len(backend)), str(HERE / "one_device_rank.py")]
+                    str(port), str(HERE / "one_device_rank.py")]
         flags = pretrain_command(config, data, double, steps, global_batch // 2, exact)[3:]  # the flags only
         extra = ["--ddp-backend", backend] if device.type == "cuda" else []
         two = subprocess.run([*launcher, *flags, *extra], env=child_environment(), capture_output=True, text=True,

@@ -177,6 +177,25 @@ def damaged_run(name: str, inputs: dict, output: Path, log: Path) -> dict:
     return {"damage": damage, "resume_exit": status}
 
 
+def encode_killed_in_a_write(inputs: dict, output: Path, log: Path, rng: random.Random) -> dict:
+    """A part's write lasts microseconds (tensors to a temporary file, then a rename), too short to hit with a
+    kill from outside; so the disk is left as such a kill leaves it — part k's id list written, its tensors only
+    in a truncated temporary file, no later part — and encode is rerun."""
+    assert run_to_end(command_line("encode", inputs, output, resume=False), log) == 0
+    parts = sorted(output.glob("*.part*.safetensors"))
+    victim = rng.randrange(len(parts))
+    for part in parts[victim + 1:]:
+        part.unlink()
+        part.with_suffix(".ids.json").unlink()
+    data = parts[victim].read_bytes()
+    temporary = parts[victim].with_name(parts[victim].name + ".tmp")
+    temporary.write_bytes(data[: rng.randrange(1, len(data))])
+    parts[victim].unlink()
+    status = run_to_end(command_line("encode", inputs, output, resume=False), log)
+    temporary.unlink(missing_ok=True)  # a leftover temporary file is not an output
+    return {"kill": f"disk left as by a kill while writing {parts[victim].name} (simulated)", "resume_exit": status}
+
+
 def damaged_pipeline_run(inputs: dict, output: Path, log: Path) -> dict:
     """`dupmae run` killed once a training stage holds a complete checkpoint; that checkpoint's weights are then
     cut in half, and the run resumed."""
@@ -251,7 +270,9 @@ def main() -> int:
             plans.append(("damage", 0))
             for kind, number in plans:
                 folder = work / name / f"{kind}-{number}"
-                if kind == "damage":
+                if kind == "write" and name == "encode":
+                    trial = encode_killed_in_a_write(inputs, folder, log, rng)
+                elif kind == "damage":
                     trial = damaged_pipeline_run(inputs, folder, log) if name == "run" else \
                         damaged_run(name, inputs, folder, log)
                 else:
