@@ -222,6 +222,17 @@ def test_a_private_op_that_fails_later_falls_back_with_a_warning(fresh_probe, mo
     assert caplog.text.count("oneDNN linear failed") == 1  # then marked failed for the process
 
 
+def test_the_probe_answers_the_same_inside_autocast(fresh_probe):
+    """It first runs lazily, inside a bf16 forward: autocast must not change its verdict (it once turned the
+    fp32 reference into bf16, the comparison failed, and bf16 encoding silently lost oneDNN)."""
+    outside = onednn.onednn_supports(torch.bfloat16)
+    onednn.onednn_supports.cache_clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.onednn_supports(torch.bfloat16) == outside
+    if precision.native_bf16("cpu")[0] and onednn.onednn_available():
+        assert outside  # a CPU with native bf16 runs oneDNN's bf16 linear
+
+
 def test_probe_failing_with_any_error_means_no(fresh_probe, monkeypatch):
     def broken(inputs, weight, bias):
         raise NotImplementedError("no such kernel")

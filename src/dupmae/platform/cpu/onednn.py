@@ -62,11 +62,12 @@ def onednn_supports(dtype: torch.dtype) -> bool:
         inputs = torch.randn(5, 48, generator=generator).to(dtype)
         weight = torch.randn(24, 48, generator=generator).to(dtype)
         bias = torch.randn(24, generator=generator).to(dtype)
-        with torch.no_grad():
+        # The probe may first run inside a forward under autocast: its reference must stay in fp32.
+        with torch.no_grad(), torch.autocast("cpu", enabled=False):
             got = _private_linear(inputs, weight, bias)
             expected = F.linear(inputs.float(), weight.float(), bias.float())
         tolerance = 1e-4 if dtype is torch.float32 else 5e-2
-        return bool(torch.allclose(got.float(), expected, rtol=tolerance, atol=tolerance * 10))
+        return bool(torch.allclose(got.float(), expected.float(), rtol=tolerance, atol=tolerance * 10))
     except Exception as error:  # noqa: BLE001 - any failure of a private op means: do not use it
         logger.info("oneDNN linear in %s unavailable on this CPU (%s: %s); using F.linear", dtype,
                     type(error).__name__, error)
