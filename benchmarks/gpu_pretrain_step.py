@@ -106,8 +106,8 @@ def environment() -> dict:
         import liger_kernel  # noqa: F401
 
         info["liger_kernel"] = getattr(liger_kernel, "__version__", "installed")
-    except ImportError:
-        info["liger_kernel"] = None
+    except Exception as error:  # noqa: BLE001 - a broken install must not stop the run
+        info["liger_kernel"] = None if isinstance(error, ImportError) else f"unusable: {type(error).__name__}: {error}"
     return info
 
 

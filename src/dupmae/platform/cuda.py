@@ -31,7 +31,9 @@ def liger_cross_entropy_class():
     """Liger-Kernel's `LigerFusedLinearCrossEntropyLoss`, or None when it is not installed."""
     try:
         from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-    except ImportError:
+    except Exception as error:  # noqa: BLE001 - missing, or installed against another torch / triton
+        if not isinstance(error, ImportError):
+            logger.warning("Liger-Kernel is installed but cannot be imported (%s: %s)", type(error).__name__, error)
         return None
     return LigerFusedLinearCrossEntropyLoss
 
@@ -52,6 +54,9 @@ def liger_linear_cross_entropy(x: torch.Tensor, weight: torch.Tensor, bias: torc
     low_weight = weight.to(x.dtype)  # under autocast x is bf16 and the master weight fp32; the cast is differentiable
     low_bias = None if bias is None else bias.to(x.dtype)
     loss = loss_class(reduction="sum")(low_weight, x, targets, low_bias)
+    if isinstance(loss, tuple):  # versions that return (loss, z_loss, ...) or an output record
+        loss = loss[0]
+    loss = getattr(loss, "loss", loss)
     with torch.no_grad():
         correct = torch.zeros((), dtype=torch.long, device=x.device)
         for start in range(0, x.shape[0], chunk_size):
