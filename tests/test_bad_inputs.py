@@ -126,6 +126,12 @@ def manifest_damaged(ws, folder):
     return search(ws, index, folder)
 
 
+def manifest_without_fields(ws, folder):
+    index = copy_index(ws, folder)
+    (index / "index.json").write_text('{"model": "x", "shards": 1}')
+    return search(ws, index, folder)
+
+
 def unknown_judged_document_in_search(ws, folder):
     (folder / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq1\tnowhere\t1\n")
     return search(ws, ws["index"], folder, "--qrels", str(folder / "qrels.tsv"))
@@ -184,6 +190,9 @@ CASES = [
     Case("search: a damaged index.json", manifest_damaged, 2,
          "dupmae search: error: <tmp>/index/index.json: index manifest is damaged or incomplete JSON (Expecting "
          "value: line 1 column 11 (char 10)); encode the index again into a new --output"),
+    Case("search: an index.json without its fields", manifest_without_fields, 2,
+         "dupmae search: error: <tmp>/index/index.json: index manifest lacks representation, corpus; encode the "
+         "index again into a new --output"),
     Case("search --qrels: a judged document that is in no index part", unknown_judged_document_in_search, 0,
          "<tmp>/qrels.tsv: 1 judged document id(s) (1 judgement(s)) are not in the index <tmp>/index, e.g. "
          "['nowhere']; they can never be retrieved and count as misses"),

@@ -88,8 +88,19 @@ def part_problem(path: Path, expected_ids: list[str]) -> str | None:
     return None
 
 
+MANIFEST_KEYS = ("model", "representation", "corpus", "shards")
+
+
 def read_manifest(index: Path) -> dict:
-    return read_json_file(index / INDEX_MANIFEST, "index manifest", "encode the index again into a new --output")
+    """`index.json`; damaged, or without the fields `dupmae encode` writes, is a `DamagedFileError` naming it."""
+    hint = "encode the index again into a new --output"
+    manifest = read_json_file(index / INDEX_MANIFEST, "index manifest", hint)
+    missing = [key for key in MANIFEST_KEYS if not isinstance(manifest, dict) or key not in manifest]
+    if not missing and not (isinstance(manifest["corpus"], dict) and "documents" in manifest["corpus"]):
+        missing = ["corpus.documents"]
+    if missing:
+        raise DamagedFileError(f"{index / INDEX_MANIFEST}: index manifest lacks {', '.join(missing)}; {hint}")
+    return manifest
 
 
 def write_manifest(output: Path, model: str, retriever, corpus_path: str, shards: int, documents: int,
