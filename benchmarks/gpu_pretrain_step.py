@@ -224,6 +224,14 @@ def time_steps(model, loss_of, batch, device: torch.device, warmup: int, steps: 
     return median(times), peak
 
 
+def variants_for(args, device: torch.device) -> dict:
+    """The `VARIANTS` this run measures: Liger's Triton kernel only on CUDA, compiled layers in --quick only
+    with --compile (a compile costs minutes on a CPU)."""
+    return {name: settings for name, settings in VARIANTS.items()
+            if (device.type == "cuda" or "liger" not in name)
+            and (not args.quick or args.compile or "compiled" not in name)}
+
+
 def measure_steps(report: Report, args, device: torch.device, peak_flops: float, deadline: float) -> dict:
     """Part 1; returns {(model, length, batch): dupmae default tokens/s} for part 3.
 
@@ -231,9 +239,7 @@ def measure_steps(report: Report, args, device: torch.device, peak_flops: float,
     (a minute of compiling each) after them, so a spent time budget drops those first."""
     isolated, plain = {}, {}
     configs = [("minilm", 32, 4)] if args.quick else CONFIGS
-    variants = {k: v for k, v in VARIANTS.items() if not args.quick or "liger" not in k}
-    if args.quick and not args.compile:
-        variants = {k: v for k, v in variants.items() if "compiled" not in k}
+    variants = variants_for(args, device)
     eager = [(c, name) for c in configs for name in ["plain", *variants] if "compiled" not in name]
     compiled = [(c, name) for name in variants if "compiled" in name for c in configs]
     for (size, length, batch_size), name in eager + compiled:
@@ -299,9 +305,7 @@ def measure_agreement(report: Report, args, device: torch.device) -> None:
         return {name: float(value) for name, value in terms.items()}, gradients
 
     expected_terms, expected_gradients = losses_and_gradients(reference, cpu_batch, "fp32")
-    variants = {k: v for k, v in VARIANTS.items() if device.type == "cuda" or "liger" not in k}
-    if args.quick and not args.compile:
-        variants = {k: v for k, v in variants.items() if "compiled" not in k}
+    variants = variants_for(args, device)
     for precision in ("bf16", "fp32"):
         for name, settings in variants.items():
             if precision == "fp32" and "compiled" in name and not args.quick:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 import torch
 from torch import nn
 
-from dupmae.platform.precision import BF16_CHOICES
+from dupmae.platform.precision import BF16_CHOICES, FALSE_WORDS, TRUE_WORDS
 
 logger = logging.getLogger(__name__)
 
@@ -211,10 +211,8 @@ def compile_layers(model: nn.Module) -> int:
 
 def _on_off(text: str) -> bool:
     value = text.strip().lower()
-    if value in ("true", "yes", "on", "1"):
-        return True
-    if value in ("false", "no", "off", "0"):
-        return False
+    if value in TRUE_WORDS or value in FALSE_WORDS:
+        return value in TRUE_WORDS
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 

@@ -29,6 +29,7 @@ NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 EMULATED_BF16_SLOWDOWN = ("about 40x slower than fp32 (measured on an AMD EPYC Zen 2: a fine-tuning step took "
                           "2 minutes instead of 3 s)")
 CPUINFO = Path("/proc/cpuinfo")
+TRUE_WORDS, FALSE_WORDS = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
 @functools.lru_cache(maxsize=1)
@@ -75,9 +76,9 @@ def parse_bf16(value) -> bool | None:
     text = str(value).strip().lower()
     if text == "auto":
         return None
-    if text in ("true", "yes", "1", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("false", "no", "0", "off"):
+    if text in FALSE_WORDS:
         return False
     raise ValueError(f"bf16 must be auto, true or false, got {value!r}")
 
