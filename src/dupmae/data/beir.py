@@ -11,9 +11,15 @@ qrels (``qid 0 docid relevance``, whitespace-separated), as MS MARCO and TREC
 ship them.
 
 Every problem is a `DataFormatError` whose message starts with ``path:line:``:
-malformed JSON, missing or non-string fields, empty documents or queries,
-duplicate ids or judgements, non-integer relevance, wrong column counts, and
-qrels that name queries or documents the collection does not have.
+malformed JSON, missing or non-string fields, empty ids, duplicate ids or
+judgements, non-integer relevance, wrong column counts, and qrels that name
+queries or documents the collection does not have.
+
+Real collections are messy, and what is valid is kept: an empty document is a
+document (it is indexed, never matches, and is counted: `empty_documents`); an
+empty query is read, and `searchable_queries` leaves it out of every search
+with a warning, so when it is judged it scores 0 like any query that retrieved
+nothing. Queries no one judged are never searched.
 """
 
 from __future__ import annotations
@@ -99,8 +105,8 @@ def _check_new_id(identifier: str, first_line: dict[str, int], path: str, line_n
 def load_corpus(path: str) -> dict[str, dict[str, str]]:
     """Read ``corpus.jsonl``: ``{doc_id: {"title": title, "text": text}}`` in file order.
 
-    ``title`` may be absent or null (read as ``""``); a document whose title and text
-    are both empty (or only whitespace) is an error, since it could never be retrieved.
+    ``title`` may be absent or null (read as ``""``). A document whose title and text are both
+    empty is kept (it is a valid document that no query matches) and counted in the log line.
     """
     corpus: dict[str, dict[str, str]] = {}
     first_line: dict[str, int] = {}
@@ -109,26 +115,51 @@ def load_corpus(path: str) -> dict[str, dict[str, str]]:
         title = _string_field(record, "title", path, line_number, required=False)
         text = _string_field(record, "text", path, line_number)
         _check_new_id(doc_id, first_line, path, line_number, "document")
-        if not title.strip() and not text.strip():
-            raise DataFormatError(f"{path}:{line_number}: document {doc_id!r} has an empty title and text")
         corpus[doc_id] = {"title": title, "text": text}
-    logger.info("read %d documents from %s", len(corpus), path)
+    empty = empty_documents(corpus)
+    logger.info("read %d documents from %s%s", len(corpus), path, f" ({len(empty)} empty)" if empty else "")
     return corpus
 
 
+def is_empty_text(text: str | None) -> bool:
+    return not (text or "").strip()
+
+
+def empty_documents(corpus: dict[str, dict[str, str]]) -> list[str]:
+    """Ids of the documents whose title and text are both empty (or only whitespace), in corpus order."""
+    return [doc_id for doc_id, document in corpus.items()
+            if is_empty_text(document.get("title")) and is_empty_text(document.get("text"))]
+
+
 def load_queries(path: str) -> dict[str, str]:
-    """Read ``queries.jsonl``: ``{query_id: text}`` in file order (other fields, e.g. metadata, are ignored)."""
+    """Read ``queries.jsonl``: ``{query_id: text}`` in file order (other fields, e.g. metadata, are ignored).
+
+    An empty query text is read as ``""`` (see `searchable_queries`, which leaves it out of searches)."""
     queries: dict[str, str] = {}
     first_line: dict[str, int] = {}
     for line_number, record in _records(path):
         query_id = _string_field(record, "_id", path, line_number)
         text = _string_field(record, "text", path, line_number)
         _check_new_id(query_id, first_line, path, line_number, "query")
-        if not text.strip():
-            raise DataFormatError(f"{path}:{line_number}: query {query_id!r} has an empty text")
         queries[query_id] = text
-    logger.info("read %d queries from %s", len(queries), path)
+    empty = sum(1 for text in queries.values() if is_empty_text(text))
+    logger.info("read %d queries from %s%s", len(queries), path, f" ({empty} empty)" if empty else "")
     return queries
+
+
+def searchable_queries(queries: dict[str, str], query_ids=None, where: str = "the queries") -> dict[str, str]:
+    """``{query_id: text}`` of the queries to search: those of `query_ids` (default: all, in `queries`'
+    order), without the empty ones, which are logged in one warning. A judged empty query is then
+    missing from every run and scores 0 (`dupmae.evaluation.metrics.evaluate`). Every id of `query_ids`
+    must be in `queries` (`check_qrels` says where one is not)."""
+    query_ids = list(queries if query_ids is None else query_ids)
+    empty = [query_id for query_id in query_ids if is_empty_text(queries[query_id])]
+    if empty:
+        logger.warning("%s: %d quer%s with an empty text (e.g. %r) %s not searched; judged, %s 0",
+                       where, len(empty), "y" if len(empty) == 1 else "ies", empty[0],
+                       "is" if len(empty) == 1 else "are", "it scores" if len(empty) == 1 else "they score")
+    skipped = set(empty)
+    return {query_id: queries[query_id] for query_id in query_ids if query_id not in skipped}
 
 
 def _is_beir_header(line: str) -> bool:
@@ -273,7 +304,8 @@ def beir_paths(folder: str, split: str) -> tuple[str, str, str]:
 
 
 def load_beir(folder: str, split: str) -> Collection:
-    """Load one split of a BEIR folder, keeping only the queries judged in ``qrels/SPLIT.tsv``.
+    """Load one split of a BEIR folder, keeping only the queries judged in ``qrels/SPLIT.tsv`` that have a
+    text (`searchable_queries`); the qrels keep every judged query, so an empty one scores 0.
 
     Raises:
         FileNotFoundError: a file is missing (the message lists the expected layout and the splits found).
@@ -284,7 +316,7 @@ def load_beir(folder: str, split: str) -> Collection:
     all_queries = load_queries(queries_path)
     qrels = load_qrels(qrels_path)
     check_qrels(qrels, all_queries, corpus, qrels_path)
-    queries = {query_id: all_queries[query_id] for query_id in qrels}
+    queries = searchable_queries(all_queries, qrels, qrels_path)
     return Collection(corpus=corpus, queries=queries, qrels=qrels)
 
 

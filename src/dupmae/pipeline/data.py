@@ -29,14 +29,25 @@ class PublicCollection:
 
 
 # Addresses and md5 sums as the BEIR README lists them (github.com/beir-cellar/beir, "Available Datasets";
-# checked 2026-11 against that table). Only collections with a train split: the pipeline fine-tunes.
+# checked 2026-12 against that table). `dupmae run` needs a train split too (scifact, nfcorpus, fiqa, nq,
+# hotpotqa, fever, msmarco have one); `dupmae beir` needs only test. cqadupstack unpacks to 12 sub-collections.
+BEIR_DOWNLOADS = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets"
 PUBLIC_COLLECTIONS = {
-    "scifact": PublicCollection("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/scifact.zip",
-                                "5f7d1de60b170fc8027bb7898e2efca1"),
-    "nfcorpus": PublicCollection("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/nfcorpus.zip",
-                                 "a89dba18a62ef92f7d323ec890a0d38d"),
-    "fiqa": PublicCollection("https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/fiqa.zip",
-                             "17918ed23cd04fb15047f73e6c3bd9d9"),
+    "scifact": PublicCollection(f"{BEIR_DOWNLOADS}/scifact.zip", "5f7d1de60b170fc8027bb7898e2efca1"),
+    "nfcorpus": PublicCollection(f"{BEIR_DOWNLOADS}/nfcorpus.zip", "a89dba18a62ef92f7d323ec890a0d38d"),
+    "fiqa": PublicCollection(f"{BEIR_DOWNLOADS}/fiqa.zip", "17918ed23cd04fb15047f73e6c3bd9d9"),
+    "arguana": PublicCollection(f"{BEIR_DOWNLOADS}/arguana.zip", "8ad3e3c2a5867cdced806d6503f29b99"),
+    "scidocs": PublicCollection(f"{BEIR_DOWNLOADS}/scidocs.zip", "38121350fc3a4d2f48850f6aff52e4a9"),
+    "trec-covid": PublicCollection(f"{BEIR_DOWNLOADS}/trec-covid.zip", "ce62140cb23feb9becf6270d0d1fe6d1"),
+    "webis-touche2020": PublicCollection(f"{BEIR_DOWNLOADS}/webis-touche2020.zip", "46f650ba5a527fc69e0a6521c5a23563"),
+    "quora": PublicCollection(f"{BEIR_DOWNLOADS}/quora.zip", "18fb154900ba42a600f84b839c173167"),
+    "nq": PublicCollection(f"{BEIR_DOWNLOADS}/nq.zip", "d4d3d2e48787a744b6f6e691ff534307"),
+    "hotpotqa": PublicCollection(f"{BEIR_DOWNLOADS}/hotpotqa.zip", "f412724f78b0d91183a0e86805e16114"),
+    "dbpedia-entity": PublicCollection(f"{BEIR_DOWNLOADS}/dbpedia-entity.zip", "c2a39eb420a3164af735795df012ac2c"),
+    "fever": PublicCollection(f"{BEIR_DOWNLOADS}/fever.zip", "5a818580227bfb4b35bb6fa46d9b6c03"),
+    "climate-fever": PublicCollection(f"{BEIR_DOWNLOADS}/climate-fever.zip", "8b66f0a9126c521bae2bde127b4dc99d"),
+    "cqadupstack": PublicCollection(f"{BEIR_DOWNLOADS}/cqadupstack.zip", "4e41456d7df8ee7760a7f866133bda78"),
+    "msmarco": PublicCollection(f"{BEIR_DOWNLOADS}/msmarco.zip", "444067daf65d982533ea17ebd59501e4"),
 }
 
 

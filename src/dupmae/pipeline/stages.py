@@ -274,14 +274,14 @@ def run_data(context: Context) -> dict:
 
 
 def run_bm25(context: Context) -> dict:
-    from dupmae.data.beir import load_corpus, load_qrels, load_queries
+    from dupmae.data.beir import load_corpus, load_qrels, load_queries, searchable_queries
     from dupmae.retrieval.bm25 import BM25Index
 
     config, collection = context.env.config, context.env.collection
     corpus = load_corpus(str(collection.corpus))
     queries = load_queries(str(collection.queries))
     index = BM25Index.build(corpus, k1=config.bm25.k1, b=config.bm25.b, show_progress=False)
-    results = {split: index.search({q: queries[q] for q in load_qrels(str(qrels))}, config.top_k)
+    results = {split: index.search(searchable_queries(queries, load_qrels(str(qrels)), str(qrels)), config.top_k)
                for split, qrels in _splits(context)}
     return _write_runs(context, results)
 
@@ -398,7 +398,7 @@ def run_pretrain(context: Context) -> dict:
 
 def run_eval(context: Context, model_stage: str) -> dict:
     """`dupmae encode` (resumable parts), then `dupmae search` for each split."""
-    from dupmae.data.beir import load_qrels, load_queries
+    from dupmae.data.beir import load_qrels, load_queries, searchable_queries
     from dupmae.modeling.retriever import Retriever
     from dupmae.retrieval.encode import encode_corpus
     from dupmae.retrieval.search import search_index
@@ -410,7 +410,8 @@ def run_eval(context: Context, model_stage: str) -> dict:
                   batch_size=settings.batch_size, bf16=settings.bf16)
     retriever = Retriever.from_pretrained(model, batch_size=settings.batch_size, bf16=settings.bf16)
     queries = load_queries(str(env.collection.queries))
-    results = {split: search_index(retriever, index, {q: queries[q] for q in load_qrels(str(qrels))}, env.config.top_k)
+    results = {split: search_index(retriever, index, searchable_queries(queries, load_qrels(str(qrels)), str(qrels)),
+                                   env.config.top_k)
                for split, qrels in _splits(context)}
     return {"index": "index", **_write_runs(context, results)}
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 
 from dupmae.config import positive_int
-from dupmae.data.beir import check_qrels, load_corpus, load_qrels, load_queries
+from dupmae.data.beir import check_qrels, load_corpus, load_qrels, load_queries, searchable_queries
 from dupmae.data.formats import CorpusFormatError, file_sha256
 from dupmae.retrieval.trec import Results, ranked
 
@@ -86,16 +86,16 @@ def load_inputs(corpus: str, queries: str | None, qrels: str | None):
     """``(corpus, queries, qrels)`` read with `input_paths` and validated against each other.
 
     With `qrels`, only the judged queries are kept and every judged id must exist;
-    without it, all queries are kept and qrels is None.
+    without it, all queries are kept and qrels is None. Empty queries are left out (`searchable_queries`).
     """
     corpus_path, queries_path = input_paths(corpus, queries)
     documents = load_corpus(corpus_path)
     all_queries = load_queries(queries_path)
     if qrels is None:
-        return documents, all_queries, None
+        return documents, searchable_queries(all_queries, None, queries_path), None
     judgements = load_qrels(qrels)
     check_qrels(judgements, all_queries, documents, qrels)
-    return documents, {query_id: all_queries[query_id] for query_id in judgements}, judgements
+    return documents, searchable_queries(all_queries, judgements, qrels), judgements
 
 
 def retrieve(model: str, corpus, queries, depth: int, threads: int):

@@ -85,7 +85,7 @@ def _approximate(encoded, parts, top_k, exclude_self, factory, candidates, threa
 
 
 def main(argv: list[str]) -> int:
-    from dupmae.data.beir import load_qrels, load_queries, warn_unknown_judged_documents
+    from dupmae.data.beir import load_qrels, load_queries, searchable_queries, warn_unknown_judged_documents
     from dupmae.modeling.retriever import Retriever
     from dupmae.retrieval.trec import write_run
 
@@ -109,12 +109,14 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         queries = load_queries(args.queries)
-        if args.qrels:
+        if not args.qrels:
+            queries = searchable_queries(queries, None, args.queries)
+        else:
             judged = load_qrels(args.qrels)
             missing = sorted(set(judged) - set(queries))
             if missing:
                 raise ValueError(f"{args.qrels}: query ids not in {args.queries}: {missing[:5]}")
-            queries = {q: queries[q] for q in judged}
+            queries = searchable_queries(queries, judged, args.qrels)
             warn_unknown_judged_documents(judged, index_document_ids(args.index), args.qrels, f"the index {args.index}")
         retriever = Retriever.from_pretrained(args.model, batch_size=args.batch_size, bf16=args.bf16)
         results = search_index(retriever, args.index, queries, args.top_k, args.remove_self_hits,

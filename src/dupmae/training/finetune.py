@@ -143,7 +143,8 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, acce
             with open(output / "dev_qrels.tsv", "w") as handle:
                 handle.write("query-id\tcorpus-id\tscore\n")
                 handle.writelines(f"{q}\t{d}\t{r}\n" for q, docs in sorted(dev_qrels.items()) for d, r in sorted(docs.items()))
-    query_ids = sorted(q for q, docs in qrels.items() if any(r > 0 for r in docs.values()))
+    # Queries with an empty text are not in collection.queries (`searchable_queries`): nothing to learn from.
+    query_ids = sorted(q for q, docs in qrels.items() if q in collection.queries and any(r > 0 for r in docs.values()))
     negatives = load_negatives(args.negatives) if args.negatives else {}
     negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
 
