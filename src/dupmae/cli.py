@@ -18,6 +18,7 @@ VERBS = {
     "finetune": ("dupmae.training.finetune", "contrastive fine-tuning into a retriever (dupmae / cls / sparse)"),
     "encode": ("dupmae.retrieval.encode", "encode a corpus into a sharded, resumable dupmae index"),
     "search": ("dupmae.retrieval.search", "exact DupMAE search of an index, written as a TREC run"),
+    "index": ("dupmae.retrieval.ingest", "load an encoded index into a search engine (Milvus: embedded or a server)"),
     "plot": ("dupmae.evaluation.plots", "plot the loss terms and accuracies of a pre-training run"),
     "mine": ("dupmae.retrieval.mine", "mine hard negatives for fine-tuning with BM25 (or a retriever model)"),
     "fuse": ("dupmae.retrieval.fusion", "fuse two TREC runs (e.g. a retriever's and BM25's) into a hybrid run"),

@@ -1,10 +1,7 @@
-"""Approximate dense candidates from a FAISS index, re-scored exactly with the DupMAE hybrid score.
-
-`dupmae search --dense-index HNSW32` (any FAISS factory string other than `Flat`) builds a FAISS
-inner-product index over the documents' dense vectors, takes each query's `candidates` nearest
-documents, and re-scores only those with the exact score (dense inner product + sparse dot over the
-document's top-k). With `Flat` (the default) `search` scores every document exactly and FAISS is not
-needed. The approximate path holds all parts' vectors in memory.
+"""Helpers of the approximate backends (`dupmae.retrieval.backends`): concatenating blocks, building a
+FAISS inner-product index from a factory string, and the exact DupMAE score of each query's candidate
+documents (dense inner product + sparse dot over the document's top-k), which every backend but
+`exact` re-scores its candidates with. These hold all documents' vectors in memory.
 """
 
 from __future__ import annotations
