@@ -2,6 +2,9 @@
 
 Sampling (which positive, which negatives) uses a generator seeded by `(seed, epoch, query index)`,
 so a group does not depend on batch composition, process count or resumption.
+
+With a teacher's scores (`dupmae score-pairs`), negatives are drawn from the scored ones only, and
+each batch carries `teacher_scores` `[B, G]` in group order (NaN for a random top-up negative).
 """
 
 from __future__ import annotations
@@ -32,6 +35,26 @@ def load_negatives(path: str | Path) -> dict[str, list[str]]:
                 raise ValueError(f"{path}:{number}: duplicate query_id {query_id!r}")
             negatives[query_id] = docs
     return negatives
+
+
+def load_teacher_scores(path: str | Path) -> dict[str, dict[str, float]]:
+    """teacher_scores.jsonl (`{"query_id", "scores": {doc_id: score}}` per line) -> {qid: {doc id: score}}."""
+    scores = {}
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                query_id = str(record["query_id"])
+                values = {str(d): float(v) for d, v in record["scores"].items()}
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: expected {{\"query_id\", \"scores\": {{doc_id: score}}}} "
+                                 f"({error})") from error
+            if query_id in scores:
+                raise ValueError(f"{path}:{number}: duplicate query_id {query_id!r}")
+            scores[query_id] = values
+    return scores
 
 
 class QueryDataset(torch.utils.data.Dataset):
@@ -66,6 +89,7 @@ class GroupCollator:
     passage_max_length: int = 256
     seed: int = 42
     epoch: int = 0
+    teacher_scores: dict[str, dict[str, float]] | None = None  # {qid: {doc id: score}} from `dupmae score-pairs`
 
     def __post_init__(self) -> None:
         self.doc_ids = list(self.corpus)
@@ -77,6 +101,9 @@ class GroupCollator:
         positives = sorted(d for d, relevance in self.qrels[query_id].items() if relevance > 0)
         chosen = [positives[int(torch.randint(len(positives), (1,), generator=generator))]]
         pool = [d for d in self.negatives.get(query_id, []) if d in self.corpus and d not in positives]
+        if self.teacher_scores is not None:  # only negatives the teacher scored (score-pairs --depth)
+            scored = self.teacher_scores.get(query_id, {})
+            pool = [d for d in pool if d in scored]
         need = self.group_size - 1
         if pool and need:
             order = torch.randperm(len(pool), generator=generator)[:need].tolist()
@@ -96,5 +123,11 @@ class GroupCollator:
         groups = [self.group(int(e["query_index"])) for e in examples]
         query_texts = [query for query, _ in groups]
         passage_texts = [document_text(self.corpus[d]) for _, docs in groups for d in docs]
-        return {**self._tokenize(query_texts, self.query_max_length, "query"),
-                **self._tokenize(passage_texts, self.passage_max_length, "passage")}
+        batch = {**self._tokenize(query_texts, self.query_max_length, "query"),
+                 **self._tokenize(passage_texts, self.passage_max_length, "passage")}
+        if self.teacher_scores is not None:
+            nan = float("nan")
+            batch["teacher_scores"] = torch.tensor(  # [B, G], group order (positive first)
+                [[self.teacher_scores.get(self.query_ids[int(e["query_index"])], {}).get(d, nan) for d in docs]
+                 for e, (_, docs) in zip(examples, groups)], dtype=torch.float32)
+        return batch

@@ -20,7 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SYSTEMS = ("bm25", "zero-shot", "finetune", "dupmae")
+SYSTEMS = ("bm25", "zero-shot", "finetune", "dupmae")  # the default systems
+# Fine-tuning stages 2 and 3 (DUPMAE.md §3) and the cross-encoder teacher: off by default (docs/pipeline.md).
+LATER_SYSTEMS = ("finetune-r2", "dupmae-r2", "rerank", "finetune-distill", "dupmae-distill")
+NEEDS = {"finetune-r2": "finetune", "finetune-distill": "finetune", "dupmae-r2": "dupmae", "dupmae-distill": "dupmae",
+         "rerank": "bm25"}  # a later system builds on this one (its stage-1 model mines; BM25's run is re-ranked)
 SIGNIFICANCE_METHODS = ("auto", "t-test", "permutation")
 
 # Settings of the verbs that the pipeline decides (paths, the seed, the dev split): not settable in a section.
@@ -129,6 +133,74 @@ class HybridSettings:
 
 
 @dataclass
+class Round2Settings:
+    """Fine-tuning stage 2 (systems finetune-r2, dupmae-r2): negatives mined by each stage-1 model."""
+
+    depth: int = _setting(200, "Negatives from the top N of the stage-1 model's ranking, positives removed (paper: 200).")
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise ConfigError("round2.depth must be >= 1")
+
+
+@dataclass
+class TeacherSettings:
+    """The cross-encoder teacher of `rerank` and the `*-distill` systems (`dupmae train-reranker`)."""
+
+    path: str | None = _setting(None, "A local cross-encoder folder used as is; null: train one (the settings below).")
+    model: str | None = _setting(None, "Model the teacher is trained from (a fresh one-logit head on its encoder): "
+                                       "null = the pipeline's `model`; 'minilm' or a local folder.")
+    num_train_epochs: float = _setting(1.0, "Training epochs over the train queries (dev queries held out).")
+    per_device_train_batch_size: int = _setting(16, "(query, passage) rows per step.")
+    learning_rate: float = _setting(2.0e-5, "Learning rate.")
+    negatives_per_query: int = _setting(3, "BM25 negatives per query (label 0; BCE pos_weight balances them).")
+    negative_depth: int = _setting(30, "Negatives drawn from BM25's top N.")
+    max_length: int = _setting(256, "Tokens per (query, passage) pair.")
+    bf16: bool | str = _setting("auto", "bf16 for training and scoring: auto, true or false.")
+    batch_size: int = _setting(32, "Pairs per forward pass when scoring (rerank, score-pairs).")
+
+    def __post_init__(self) -> None:
+        if min(self.per_device_train_batch_size, self.negatives_per_query, self.negative_depth, self.batch_size) < 1:
+            raise ConfigError("teacher: batch sizes, negatives_per_query and negative_depth must be >= 1")
+        if self.num_train_epochs <= 0 or self.learning_rate <= 0 or self.max_length < 8:
+            raise ConfigError("teacher: num_train_epochs and learning_rate must be > 0, max_length >= 8")
+        from dupmae.platform.precision import parse_bf16
+
+        try:
+            parse_bf16(self.bf16)
+        except ValueError as error:
+            raise ConfigError(f"teacher.{error}") from None
+
+
+@dataclass
+class RerankSettings:
+    """System `rerank`: BM25's top k re-ordered by the teacher (`dupmae rerank`)."""
+
+    top_k: int = _setting(100, "Documents of BM25's run re-scored per query.")
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError("rerank.top_k must be >= 1")
+
+
+@dataclass
+class DistillSettings:
+    """Fine-tuning stage 3 (systems *-distill): + weight x KL(teacher || student) over each query's group."""
+
+    weight: float = _setting(1.0, "Weight of the KL term (`dupmae finetune --distill-weight`).")
+    temperature: float = _setting(1.0, "Temperature of both softmaxes (`--distill-temperature`).")
+    depth: int = _setting(15, "Negatives per query the teacher scores (`dupmae score-pairs --depth`); the student "
+                              "draws its negatives from these.")
+    negatives: str = _setting("round2", "round2: the stage-2 negatives (mined by the stage-1 model; the paper's "
+                                        "stage 3 on top of stage 2) | bm25: the first round's.",
+                              choices=["round2", "bm25"])
+
+    def __post_init__(self) -> None:
+        if self.weight < 0 or self.temperature <= 0 or self.depth < 1:
+            raise ConfigError("distill.weight must be >= 0, distill.temperature > 0 and distill.depth >= 1")
+
+
+@dataclass
 class PipelineConfig:
     """Everything `dupmae run` does; see docs/pipeline.md."""
 
@@ -145,7 +217,10 @@ class PipelineConfig:
     systems: list[str] = _setting(
         list(SYSTEMS), "Systems to build and evaluate: bm25; zero-shot (the starting model as is); finetune (the "
                        "starting model fine-tuned on BM25 negatives); dupmae (DupMAE continued pre-training on the "
-                       "corpus, then the same fine-tuning).", choices=list(SYSTEMS))
+                       "corpus, then the same fine-tuning); finetune-r2 / dupmae-r2 (stage 2: retrained from the same "
+                       "start on negatives mined by the stage-1 model); rerank (BM25 + the cross-encoder teacher); "
+                       "finetune-distill / dupmae-distill (stage 3: + KL to the teacher).",
+        choices=list(SYSTEMS + LATER_SYSTEMS))
     representations: list[str] = _setting(
         ["cls"], "Fine-tuning representation(s), one system each for finetune and dupmae: cls, dupmae, sparse.",
         choices=["cls", "dupmae", "sparse"])
@@ -178,12 +253,20 @@ class PipelineConfig:
             + json.dumps(REPRESENTATION_DEFAULTS) + ".")
     encode: EncodeSettings = _setting(EncodeSettings(), "Encoding settings.")
     hybrid: HybridSettings = _setting(HybridSettings(), "Hybrid systems: neural run + BM25 run.")
+    round2: Round2Settings = _setting(Round2Settings(), "Fine-tuning stage 2 (finetune-r2, dupmae-r2).")
+    teacher: TeacherSettings = _setting(TeacherSettings(), "The cross-encoder teacher (rerank, *-distill).")
+    rerank: RerankSettings = _setting(RerankSettings(), "BM25 + rerank.")
+    distill: DistillSettings = _setting(DistillSettings(), "Fine-tuning stage 3 (finetune-distill, dupmae-distill).")
 
     def __post_init__(self) -> None:
         if not self.systems:
             raise ConfigError("systems is empty: name at least one of " + ", ".join(SYSTEMS))
         if len(set(self.systems)) != len(self.systems) or len(set(self.representations)) != len(self.representations):
             raise ConfigError("systems and representations must not repeat a name")
+        missing = [f"{system} needs {NEEDS[system]}" for system in self.systems
+                   if system in NEEDS and NEEDS[system] not in self.systems]
+        if missing:
+            raise ConfigError("systems: " + "; ".join(missing) + " (add it to systems)")
         if {"finetune", "dupmae"} & set(self.systems) and not self.representations:
             raise ConfigError("representations is empty but fine-tuned systems are asked for")
         if not 0 <= self.dev_fraction < 1:

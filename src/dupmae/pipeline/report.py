@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from dupmae.evaluation.significance import paired_test
-from dupmae.pipeline.stages import Environment, Finished, Plan, evaluation_splits
+from dupmae.pipeline.context import Environment, Finished, evaluation_splits
+from dupmae.pipeline.stages import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,21 @@ def _compare(a: dict[str, float], b: dict[str, float], method: str, seed: int) -
     return paired_test([a[q] for q in queries], [b[q] for q in queries], method, seed=seed).as_dict()
 
 
+def _paired_effects(the_plan: Plan, systems: dict, split: str, link: str, per_query, config) -> dict:
+    """Each system whose `link` (`without_dupmae` or `previous`) names another system, compared with that one:
+    metric deltas and the paired test of the primary metric's per-query values."""
+    effects = {}
+    for system in the_plan.systems:
+        other = getattr(system, link)
+        if other:
+            effects[system.id] = {
+                "against": other, "metric": config.primary_metric,
+                "deltas": {m: systems[system.id][split][m] - systems[other][split][m] for m in config.metrics},
+                **_compare(per_query(system.id, split), per_query(other, split), config.significance, config.seed),
+            }
+    return effects
+
+
 def build_results(env: Environment, the_plan: Plan, finished: dict[str, Finished], evaluations: dict,
                   started: float, config_file: str | None = None) -> dict:
     """Everything the report shows, as one JSON-able dict (`evaluations`: from `evaluate_systems`)."""
@@ -87,7 +103,7 @@ def build_results(env: Environment, the_plan: Plan, finished: dict[str, Finished
     def per_query(system_id: str, split: str) -> dict[str, float]:
         return {q: values[primary] for q, values in evaluations[system_id][split]["per_query"].items()}
 
-    comparisons, dupmae_effect, best = {}, {}, {}
+    comparisons, dupmae_effect, stage_effect, best = {}, {}, {}, {}
     for split in splits:
         baselines = [s for s in the_plan.systems if s.kind == "baseline"]
         if baselines:
@@ -104,16 +120,8 @@ def build_results(env: Environment, the_plan: Plan, finished: dict[str, Finished
                     "deltas": {m: systems[system.id][split][m] - systems[reference.id][split][m] for m in config.metrics},
                     **_compare(values, reference_values, config.significance, config.seed),
                 }
-        dupmae_effect[split] = {}
-        for system in the_plan.systems:
-            if system.without_dupmae:
-                other = next(s for s in the_plan.systems if s.id == system.without_dupmae)
-                dupmae_effect[split][system.id] = {
-                    "against": other.id, "metric": primary,
-                    "deltas": {m: systems[system.id][split][m] - systems[other.id][split][m] for m in config.metrics},
-                    **_compare(per_query(system.id, split), per_query(other.id, split), config.significance,
-                               config.seed),
-                }
+        dupmae_effect[split] = _paired_effects(the_plan, systems, split, "without_dupmae", per_query, config)
+        stage_effect[split] = _paired_effects(the_plan, systems, split, "previous", per_query, config)
     pretraining = {}
     if "pretrain" in finished:
         stage = finished["pretrain"]
@@ -134,6 +142,7 @@ def build_results(env: Environment, the_plan: Plan, finished: dict[str, Finished
         "best_baseline": best,
         "comparisons": comparisons,
         "dupmae_vs_same_finetuning": dupmae_effect,
+        "stage_vs_previous": stage_effect,
         "pretraining": pretraining,
         "timings": {
             "stages": [{"stage": name, "folder": item.folder.name, "status": item.status, "seconds": item.seconds}
@@ -186,14 +195,17 @@ def _test_note(results: dict, split: str) -> str:
               "permutation": "two-sided paired sign-flip permutation test (10,000 rounds, fixed seed; exact up to "
                              "16 queries)"}.get(any_test["method"], "no test (fewer than 2 queries)")
     best = results["systems"][results["best_baseline"][split]]["label"]
+    references = [system["label"] for system in results["systems"].values() if system["kind"] == "reference"]
+    note = (f" {', '.join(references)}: a re-ranker (the cross-encoder teacher over BM25's top k, far costlier per "
+            "query than a retriever), compared with the best baseline but never chosen as it." if references else "")
     return (f"Δ: difference to the best baseline on this split ({best}, the baseline with the highest "
             f"{metric_label(results['primary_metric'])}). p: {method} over the {any_test['n']} per-query "
             f"{metric_label(results['primary_metric'])} values against it; * marks p < "
-            f"{results['config']['significance_level']}.")
+            f"{results['config']['significance_level']}.{note}")
 
 
-def _dupmae_table(results: dict, split: str) -> list[str]:
-    effect = results["dupmae_vs_same_finetuning"].get(split) or {}
+def _dupmae_table(results: dict, split: str, key: str = "dupmae_vs_same_finetuning") -> list[str]:
+    effect = results.get(key, {}).get(split) or {}
     if not effect:
         return []
     primary = results["primary_metric"]
@@ -255,6 +267,11 @@ def render_report(results: dict, plots: dict[str, str]) -> str:
         if effect:
             lines += [f"DupMAE continued pre-training vs the same fine-tuning from the starting model ({split}):", ""]
             lines += effect + [""]
+        rounds = _dupmae_table(results, split, "stage_vs_previous")
+        if rounds:
+            lines += [f"Each fine-tuning round vs the round before it, from the same start ({split}; round 2: "
+                      "negatives mined by the round-1 model; distilled: + KL to the cross-encoder teacher):", ""]
+            lines += rounds + [""]
     lines += _hybrid_lines(results)
     if plots:
         lines += ["## Plots", ""]

@@ -15,67 +15,41 @@ The plan (systems in brackets):
           │         └───────────────┐
           └─ prepare ── pretrain ───┴─ dupmae-finetune-R ── eval-dupmae-finetune-R  [dupmae-ft-R]
 
-(R: each fine-tuning representation of the config, e.g. cls.) With `hybrid.enabled` and BM25 among
-the systems, every neural system S also gets a hybrid: bm25 + eval-S ── hybrid-S  [S+bm25].
+(R: each fine-tuning representation of the config, e.g. cls.) Rounds 2 and 3 and the cross-encoder
+teacher (`dupmae.pipeline.refinement`) hang off these when asked for:
+
+    eval-F ── mine-r2-F ── F-r2 ── eval-F-r2                                  [ft-r2-R, dupmae-ft-r2-R]
+    mine ── teacher ─┬─ rerank (with bm25)                                     [rerank]
+                     └─ teacher-scores-N ── F-distill ── eval-F-distill        [ft-distill-R, ...]
+
+(F: a round-1 fine-tuning stage; N: its round-2 negatives, or `mine`.) With `hybrid.enabled` and BM25
+among the systems, every neural system S also gets a hybrid: bm25 + eval-S ── hybrid-S  [S+bm25].
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from dupmae.data.integrity import read_json_file, write_json_atomically
+from dupmae.pipeline import refinement
 from dupmae.pipeline.config import NOT_HASHED, PipelineConfig
-from dupmae.pipeline.data import CollectionPaths
+from dupmae.pipeline.context import (  # noqa: F401 (Finished: imported from here by run.py)
+    Context,
+    Environment,
+    Finished,
+    PipelineError,
+    context_splits,
+    drop_checkpoints,
+    train_once,
+    write_qrels,
+    write_runs,
+    write_yaml,
+)
 
 logger = logging.getLogger(__name__)
-
-
-class PipelineError(RuntimeError):
-    """A stage found something wrong with its inputs or outputs (the message says what)."""
-
-
-@dataclass
-class Environment:
-    """What every stage may read: the config and the resolved inputs."""
-
-    config: PipelineConfig
-    collection: CollectionPaths
-    model_path: Path
-    model_label: str
-    model_fingerprint: str
-    collection_fingerprint: dict[str, str]  # file (relative to the collection folder) -> sha256
-
-
-@dataclass
-class Finished:
-    """A stage whose outputs exist (run now, resumed now, or found in the cache)."""
-
-    name: str
-    key: str
-    folder: Path
-    outputs: dict
-    seconds: float  # how long the stage took when it ran
-    status: str  # "ran" | "resumed" | "cached"
-
-    def path(self, output: str) -> Path:
-        return self.folder / self.outputs[output]
-
-    def path_of(self, output: str, key: str) -> Path:
-        """For outputs keyed by split: `path_of("per_query", "test")`."""
-        return self.folder / self.outputs[output][key]
-
-
-@dataclass
-class Context:
-    folder: Path
-    inputs: dict[str, Finished]
-    env: Environment
-    resuming: bool  # the folder exists without a finished marker: an interrupted earlier attempt
 
 
 @dataclass
@@ -93,10 +67,11 @@ class System:
 
     id: str
     label: str
-    kind: str  # "baseline" or "dupmae"
+    kind: str  # "baseline", "dupmae", or "reference" (BM25 + rerank: compared, never the best baseline)
     eval_stage: str
     representation: str | None = None
     without_dupmae: str | None = None  # for dupmae systems: the same fine-tuning from the starting model
+    previous: str | None = None  # for round 2 / distilled systems: the system of the stage before (same start)
 
 
 @dataclass
@@ -137,30 +112,73 @@ def plan(env: Environment) -> Plan:
                   eval_settings, ("data", "zero-shot"), partial(run_eval, model_stage="zero-shot")))
         result.systems.append(System("zero-shot", f"{env.model_label} zero-shot", "baseline", "eval-zero-shot"))
 
-    if {"finetune", "dupmae"} & set(config.systems):
+    systems = set(config.systems)
+    teacher_wanted = bool({"rerank", "finetune-distill", "dupmae-distill"} & systems)
+    if {"finetune", "dupmae"} & systems or (teacher_wanted and not config.teacher.path):
         depth = int(config.finetune.get("negative_depth", 200))
         add(Stage("mine", "BM25 hard negatives for the train queries",
                   {"k1": config.bm25.k1, "b": config.bm25.b, "depth": depth}, ("data",), run_mine))
+    if teacher_wanted:
+        add(teacher_stage(env))
 
-    def finetune_stages(prefix: str, start: str | None, start_label: str) -> None:
+    def finetune_stages(family: str, start: str | None, start_label: str, label: str, kind: str) -> None:
+        """Stage 1 of every representation, then (when asked for) its stage 2 and stage 3, and their systems."""
+        prefix, short = ("finetune", "ft") if family == "finetune" else ("dupmae-finetune", "dupmae-ft")
+        base = {"start": start or env.model_fingerprint, "finetune": config.finetune, "seed": config.seed,
+                "train_split": config.train_split, "dev_fraction": config.dev_fraction}
+        deps = ("data",) + ((start,) if start else ())
         for name in config.representations:
-            stage = f"{prefix}-{name}"
-            deps = ("data", "mine") + ((start,) if start else ())
-            add(Stage(stage, f"fine-tune {start_label} ({name} representation)",
-                      {"start": start or env.model_fingerprint, "finetune": config.finetune,
-                       "representation": config.representation[name], "seed": config.seed,
-                       "train_split": config.train_split, "dev_fraction": config.dev_fraction},
-                      deps, partial(run_finetune, representation=name)))
-            add(Stage(f"eval-{stage}", f"fine-tuned {start_label} ({name}): encode and search",
-                      eval_settings, ("data", stage), partial(run_eval, model_stage=stage)))
+            settings = {**base, "representation": config.representation[name]}
+            stage1 = f"{prefix}-{name}"
 
-    if "finetune" in config.systems:
-        finetune_stages("finetune", None, env.model_label)
-        for name in config.representations:
-            result.systems.append(System(f"ft-{name}", f"{env.model_label} fine-tuned ({name})", "baseline",
-                                         f"eval-finetune-{name}", representation=name))
+            def finetune(stage: str, title: str, extra: dict, negatives: str, scores: str | None = None) -> None:
+                add(Stage(stage, f"fine-tune {start_label} ({name} representation{title})", {**settings, **extra},
+                          deps + (negatives,) + ((scores,) if scores else ()),
+                          partial(run_finetune, representation=name, negatives_stage=negatives, scores_stage=scores)))
+                add(Stage(f"eval-{stage}", f"fine-tuned {start_label} ({name}{title}): encode and search",
+                          eval_settings, ("data", stage), partial(run_eval, model_stage=stage)))
 
-    if "dupmae" in config.systems:
+            def system(suffix: str, title: str, previous: str | None) -> None:
+                without = f"ft{suffix}-{name}" if family == "dupmae" and f"finetune{suffix}" in systems else None
+                result.systems.append(System(f"{short}{suffix}-{name}", f"{label} ({name}{title})", kind,
+                                             f"eval-{prefix}{suffix}-{name}", representation=name,
+                                             without_dupmae=without, previous=previous))
+
+            finetune(stage1, "", {}, "mine")
+            system("", "", None)
+            mined = f"mine-r2-{stage1}"
+            round2_needed = f"{family}-r2" in systems or (f"{family}-distill" in systems
+                                                          and config.distill.negatives == "round2")
+            if round2_needed:
+                add(Stage(mined, f"round 2: negatives mined by the fine-tuned {start_label} ({name})",
+                          {"depth": config.round2.depth, "encode": vars(config.encode)},
+                          ("data", stage1, f"eval-{stage1}"),
+                          partial(refinement.run_mine_round2, model_stage=stage1, eval_stage=f"eval-{stage1}")))
+            if f"{family}-r2" in systems:
+                finetune(f"{prefix}-r2-{name}", ", round 2", {"round": 2}, mined)
+                system("-r2", ", round 2", f"{short}-{name}")
+            if f"{family}-distill" in systems:
+                negatives = mined if config.distill.negatives == "round2" else "mine"
+                scores = f"teacher-scores-{negatives}"
+                if scores not in {stage.name for stage in result.stages}:
+                    add(Stage(scores, f"teacher: score the train queries' pairs ({negatives} negatives)",
+                              {"depth": config.distill.depth, "max_length": config.teacher.max_length,
+                               "bf16": config.teacher.bf16, "batch_size": config.teacher.batch_size,
+                               "train_split": config.train_split, "dev_fraction": config.dev_fraction},
+                              ("teacher", negatives), partial(refinement.run_teacher_scores, negatives_stage=negatives)))
+                round2 = config.distill.negatives == "round2"
+                title = ", round 2 + distilled" if round2 else ", distilled"
+                finetune(f"{prefix}-distill-{name}", title,
+                         {"round": 2 if round2 else 1, "distill": {"weight": config.distill.weight,
+                                                                   "temperature": config.distill.temperature}},
+                         negatives, scores)
+                previous = f"{short}-r2-{name}" if round2 and f"{family}-r2" in systems else f"{short}-{name}"
+                system("-distill", title, previous)
+
+    if "finetune" in systems:
+        finetune_stages("finetune", None, env.model_label, f"{env.model_label} fine-tuned", "baseline")
+
+    if "dupmae" in systems:
         add(Stage("prepare", "DupMAE: tokenize the corpus",
                   {"tokenizer": env.model_fingerprint, "prepare": vars(config.prepare)}, ("data",), run_prepare))
         # The ablation objectives (mlm, retromae, bow_only) run through the same stages; name them.
@@ -169,84 +187,32 @@ def plan(env: Environment) -> Plan:
         add(Stage("pretrain", f"{method}: continued pre-training of {env.model_label} on the corpus, export",
                   {"model": env.model_fingerprint, "pretrain": config.pretrain, "seed": config.seed},
                   ("prepare",), run_pretrain))
-        finetune_stages("dupmae-finetune", "pretrain", f"the {method} export")
-        for name in config.representations:
-            baseline = f"ft-{name}" if "finetune" in config.systems else None
-            result.systems.append(System(f"dupmae-ft-{name}", f"{method} + fine-tuned ({name})", "dupmae",
-                                         f"eval-dupmae-finetune-{name}", representation=name,
-                                         without_dupmae=baseline))
+        finetune_stages("dupmae", "pretrain", f"the {method} export", f"{method} + fine-tuned", "dupmae")
+
+    if "rerank" in systems:
+        add(Stage("rerank", f"BM25 + rerank: the teacher re-orders BM25's top {config.rerank.top_k}",
+                  {"top_k": config.rerank.top_k, "max_length": config.teacher.max_length, "bf16": config.teacher.bf16,
+                   "batch_size": config.teacher.batch_size}, ("data", "bm25", "teacher"), refinement.run_rerank))
+        # a re-ranker, not a retriever: shown and tested against the best baseline, never chosen as it
+        result.systems.append(System("rerank", f"BM25 + rerank (cross-encoder, top {config.rerank.top_k})",
+                                     "reference", "rerank"))
 
     if config.hybrids_wanted():
         settings = {**fusion_options(config), "weight": config.hybrid.weight, "metric": config.primary_metric,
                     "top_k": config.top_k}
-        for system in [s for s in result.systems if s.id != "bm25"]:
+        for system in [s for s in result.systems if s.id != "bm25" and s.kind != "reference"]:
             add(Stage(f"hybrid-{system.id}", f"{system.label} + BM25: fuse the runs", settings,
                       ("data", "bm25", system.eval_stage), partial(run_hybrid, neural_stage=system.eval_stage)))
             result.systems.append(System(
                 f"{system.id}+bm25", f"{system.label} + BM25", system.kind, f"hybrid-{system.id}",
                 representation=system.representation,
-                without_dupmae=f"{system.without_dupmae}+bm25" if system.without_dupmae else None))
+                without_dupmae=f"{system.without_dupmae}+bm25" if system.without_dupmae else None,
+                previous=f"{system.previous}+bm25" if system.previous else None))
     return result
 
 
 # -- helpers ----------------------------------------------------------------------------------------
 
-
-def _write_yaml(path: Path, values: dict) -> Path:
-    import yaml
-
-    path.write_text(yaml.safe_dump(values, sort_keys=True))
-    return path
-
-
-def _has_checkpoint(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("checkpoint-*"))
-
-
-def _fresh_or_resume(folder: Path) -> bool:
-    """True when `folder` holds a checkpoint to resume from; otherwise clear what an earlier start left."""
-    if _has_checkpoint(folder):
-        return True
-    if folder.exists():  # started but never reached a checkpoint: nothing worth keeping, but say so
-        logger.warning("removing %s: an earlier start of this stage reached no checkpoint; training starts again",
-                       folder)
-        shutil.rmtree(folder)
-    return False
-
-
-def _drop_checkpoints(folder: Path, keep: bool) -> None:
-    if not keep:
-        for checkpoint in folder.glob("checkpoint-*"):
-            shutil.rmtree(checkpoint, ignore_errors=True)
-
-
-def evaluation_splits(env: Environment, data: Finished) -> list[tuple[str, Path]]:
-    """(split name, qrels file) every system is searched and evaluated on: test, and dev if there is one."""
-    splits = [("test", env.collection.test_qrels)]
-    if data.outputs.get("dev_qrels"):
-        splits.append(("dev", data.path("dev_qrels")))
-    return splits
-
-
-def _splits(context: Context) -> list[tuple[str, Path]]:
-    return evaluation_splits(context.env, context.inputs["data"])
-
-
-def _write_runs(context: Context, results_by_split: dict[str, dict]) -> dict:
-    """One TREC run per split; the report evaluates them (so changing the metrics reruns no stage)."""
-    from dupmae.retrieval.trec import write_run
-
-    for split, results in results_by_split.items():
-        write_run(str(context.folder / f"{split}.trec"), results, "dupmae-run")
-    return {"runs": {split: f"{split}.trec" for split in results_by_split},
-            "queries": {split: len(results) for split, results in results_by_split.items()}}
-
-
-def write_qrels(path: Path, qrels: dict[str, dict[str, int]]) -> None:
-    """BEIR layout, sorted — the same bytes `dupmae finetune --dev-fraction` writes to dev_qrels.tsv."""
-    with open(path, "w") as handle:
-        handle.write("query-id\tcorpus-id\tscore\n")
-        handle.writelines(f"{q}\t{d}\t{r}\n" for q, docs in sorted(qrels.items()) for d, r in sorted(docs.items()))
 
 
 # -- the stages -------------------------------------------------------------------------------------
@@ -282,8 +248,8 @@ def run_bm25(context: Context) -> dict:
     queries = load_queries(str(collection.queries))
     index = BM25Index.build(corpus, k1=config.bm25.k1, b=config.bm25.b, show_progress=False)
     results = {split: index.search(searchable_queries(queries, load_qrels(str(qrels)), str(qrels)), config.top_k)
-               for split, qrels in _splits(context)}
-    return _write_runs(context, results)
+               for split, qrels in context_splits(context)}
+    return write_runs(context, results)
 
 
 def run_mine(context: Context) -> dict:
@@ -313,24 +279,30 @@ def run_wrap(context: Context) -> dict:
     return {"model": "model"}
 
 
-def _train_once(context: Context, name: str, output: Path, train: Callable[[bool], int]) -> tuple[int, bool]:
-    """Run `train(resume)` unless an earlier attempt of this stage finished it; returns (global step, resumed).
+def teacher_stage(env: Environment) -> Stage:
+    """The cross-encoder teacher: a given folder (fingerprinted) or `dupmae train-reranker` on BM25 negatives."""
+    from dupmae.pipeline.data import folder_fingerprint
 
-    `NAME.done.json` records a finished training, so a stage interrupted after training (while
-    exporting, say) does not resume the Trainer from its final checkpoint — which in transformers
-    5.24 trains one step beyond max_steps.
-    """
-    done = context.folder / f"{name}.done.json"
-    if done.is_file():
-        return read_json_file(done, "training record", f"remove it to train {name} again")["global_step"], True
-    resume = _fresh_or_resume(output)
-    step = train(resume)
-    write_json_atomically(done, {"global_step": step})
-    return step, resume
+    config, teacher = env.config, env.config.teacher
+    if teacher.path:
+        folder = Path(teacher.path).absolute()
+        if not (folder / "config.json").is_file():
+            raise PipelineError(f"teacher.path: {folder} is not a local cross-encoder folder (no config.json)")
+        return Stage("teacher", f"teacher: the cross-encoder {folder.name}",
+                     {"path": folder_fingerprint(folder), "max_length": teacher.max_length}, (), refinement.run_teacher)
+    start = refinement.teacher_start(env)
+    return Stage("teacher", f"teacher: train a cross-encoder from {start.name}",
+                 {**vars(teacher), "model": folder_fingerprint(start), "seed": config.seed,
+                  "train_split": config.train_split, "dev_fraction": config.dev_fraction},
+                 ("mine",), refinement.run_teacher)
 
 
-def run_finetune(context: Context, representation: str) -> dict:
-    """`dupmae finetune` from the starting model or the DupMAE export, resuming its last checkpoint."""
+def run_finetune(context: Context, representation: str, negatives_stage: str = "mine",
+                 scores_stage: str | None = None) -> dict:
+    """`dupmae finetune` from the starting model or the DupMAE export, resuming its last checkpoint.
+
+    `negatives_stage`: `mine` (BM25, round 1) or a round-2 `mine-r2-*` stage; `scores_stage`: the
+    teacher's scores (round 3: `--teacher-scores` with the `distill` weight and temperature)."""
     from dupmae.training.finetune import finetune, parse_arguments
 
     env, config = context.env, context.env.config
@@ -338,18 +310,21 @@ def run_finetune(context: Context, representation: str) -> dict:
     output = context.folder / "model"
     settings = {**config.finetune, **config.representation[representation], "split": config.train_split,
                 "dev_fraction": config.dev_fraction, "seed": config.seed}
-    settings_file = _write_yaml(context.folder / "finetune.yaml", settings)
+    if scores_stage:
+        settings.update(teacher_scores=str(context.inputs[scores_stage].path("scores")),
+                        distill_weight=config.distill.weight, distill_temperature=config.distill.temperature)
+    settings_file = write_yaml(context.folder / "finetune.yaml", settings)
     argv = ["--config", str(settings_file), "--model", str(start), "--data", str(env.collection.folder),
-            "--negatives", str(context.inputs["mine"].path("negatives")), "--output", str(output)]
+            "--negatives", str(context.inputs[negatives_stage].path("negatives")), "--output", str(output)]
 
     def train(resume: bool) -> int:
         return finetune(*parse_arguments(argv + (["--resume"] if resume else []))).state.global_step
 
-    step, resumed = _train_once(context, "finetune", output, train)
+    step, resumed = train_once(context, "finetune", output, train)
     data = context.inputs["data"]
     if data.outputs.get("dev_qrels") and (output / "dev_qrels.tsv").read_text() != data.path("dev_qrels").read_text():
         raise PipelineError(f"{output}/dev_qrels.tsv differs from the pipeline's dev split {data.path('dev_qrels')}")
-    _drop_checkpoints(output, config.keep_checkpoints)
+    drop_checkpoints(output, config.keep_checkpoints)
     return {"model": "model", "resumed": resumed, "global_step": step}
 
 
@@ -372,14 +347,14 @@ def run_pretrain(context: Context) -> dict:
 
     env = context.env
     training = context.folder / "train"
-    settings_file = _write_yaml(context.folder / "pretrain.yaml", {**env.config.pretrain, "seed": env.config.seed})
+    settings_file = write_yaml(context.folder / "pretrain.yaml", {**env.config.pretrain, "seed": env.config.seed})
     argv = ["--config", str(settings_file), "--model", str(env.model_path),
             "--data", str(context.inputs["prepare"].path("data")), "--output", str(training)]
 
     def train(resume: bool) -> int:
         return pretrain(*parse_arguments(argv + (["--resume"] if resume else []))).state.global_step
 
-    step, resumed = _train_once(context, "pretrain", training, train)
+    step, resumed = train_once(context, "pretrain", training, train)
     export_encoder(training, context.folder / "encoder", overwrite=True)
     outputs = {"training": "train", "encoder": "encoder", "log": "train/train_log.jsonl", "plot": None,
                "resumed": resumed, "global_step": step, "loss_terms": {}}
@@ -392,7 +367,7 @@ def run_pretrain(context: Context) -> dict:
             outputs["plot"] = "loss_curves.png"
     except ImportError as error:  # matplotlib is optional
         logger.warning("no loss plot: %s", error)
-    _drop_checkpoints(training, env.config.keep_checkpoints)
+    drop_checkpoints(training, env.config.keep_checkpoints)
     return outputs
 
 
@@ -412,8 +387,8 @@ def run_eval(context: Context, model_stage: str) -> dict:
     queries = load_queries(str(env.collection.queries))
     results = {split: search_index(retriever, index, searchable_queries(queries, load_qrels(str(qrels)), str(qrels)),
                                    env.config.top_k)
-               for split, qrels in _splits(context)}
-    return {"index": "index", **_write_runs(context, results)}
+               for split, qrels in context_splits(context)}
+    return {"index": "index", **write_runs(context, results)}
 
 
 def fusion_options(config: PipelineConfig) -> dict:
@@ -430,7 +405,7 @@ def run_hybrid(context: Context, neural_stage: str) -> dict:
     config = context.env.config
     options = fusion_options(config)
     neural, bm25 = context.inputs[neural_stage], context.inputs["bm25"]
-    splits = dict(_splits(context))
+    splits = dict(context_splits(context))
     runs = {split: (read_run(str(neural.path_of("runs", split))), read_run(str(bm25.path_of("runs", split))))
             for split in splits}
     weight, by_weight = config.hybrid.weight, {}
@@ -441,5 +416,5 @@ def run_hybrid(context: Context, neural_stage: str) -> dict:
     for split, (first, second) in runs.items():
         fused = fuse(first, second, weight, **options)
         results[split] = {query_id: ranked(hits)[:config.top_k] for query_id, hits in fused.items()}
-    return {**_write_runs(context, results), "weight": weight, "chosen_on": "dev" if by_weight else "config",
+    return {**write_runs(context, results), "weight": weight, "chosen_on": "dev" if by_weight else "config",
             "method": options["method"], "dev_by_weight": {str(w): value for w, value in by_weight.items()}}

@@ -58,3 +58,20 @@ def contrastive_loss(queries: Representation, passages: Representation, group_si
     loss = F.cross_entropy(scores.float(), labels)
     accuracy = (scores.argmax(dim=1) == labels).float().mean()
     return loss, accuracy.detach()
+
+
+def own_group_scores(queries: Representation, passages: Representation, group_size: int) -> torch.Tensor:
+    """Each local query's scores against its own group only (the distillation term's inputs).
+
+    Args:
+        queries: `B` local queries.
+        passages: the `B * group_size` *local* passages (never gathered), group `i` = rows
+            `i*G .. i*G+G-1`, positive first — the columns `offset + i*G + j` of `contrastive_loss`'s
+            score matrix, before its temperature.
+    Returns:
+        `[B, G]`: column 0 the positive, then the hard negatives in group order.
+    """
+    batch = (queries.dense if queries.dense is not None else queries.sparse).shape[0]
+    scores = score(queries, passages)  # [B, B * G]
+    rows = torch.arange(batch, device=scores.device)
+    return scores.view(batch, batch, group_size)[rows, rows]  # [B, G]: block i of row i

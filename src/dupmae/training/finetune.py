@@ -1,6 +1,7 @@
 """`dupmae finetune`: contrastive fine-tuning of a (DupMAE pre-trained) encoder into a retriever.
 
-Settings: `FinetuneArguments` (data, negatives, group size, temperature), `RepresentationConfig`
+Settings: `FinetuneArguments` (data, negatives, group size, temperature, the optional teacher scores
+of stage 3 and the weight and temperature of their KL term), `RepresentationConfig`
 (DUPMAE.md §2: dupmae / cls / sparse and their options — saved with the model) and the usual
 `TrainingArguments`; flags or a YAML/JSON `--config` file (flags win), as for `dupmae pretrain`.
 """
@@ -19,12 +20,13 @@ import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from dupmae.config import parse_with_config_file
-from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives
+from dupmae.data.finetune import GroupCollator, QueryDataset, load_negatives, load_teacher_scores
 from dupmae.modeling.head_init import MISSING_HEAD_INITS
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig, load_tokenizer
 from dupmae.platform import Accelerations, prepare
 from dupmae.platform.precision import training_device
-from dupmae.training.contrastive import contrastive_loss
+from dupmae.training.contrastive import contrastive_loss, own_group_scores
+from dupmae.training.distill import distillation_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
 from dupmae.training.trainer import (CheckpointMarkerCallback, CollatorEpochCallback, JsonlLogCallback,
                                     checkpoint_to_resume, train_or_finish)
@@ -67,12 +69,20 @@ class FinetuneArguments:
         "help": "How to start an MLM head the starting model lacks (e.g. all-MiniLM-L6-v2): identity "
                 "(vocabulary logits = similarity to the word embeddings, lexical from the start) or random.",
         "choices": list(MISSING_HEAD_INITS)})
+    teacher_scores: str | None = field(default=None, metadata={
+        "help": "teacher_scores.jsonl from `dupmae score-pairs` (stage 3): adds distill_weight x KL(teacher || "
+                "student) over each query's own group; negatives are then drawn from the scored ones only."})
+    distill_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term (with --teacher-scores)."})
+    distill_temperature: float = field(default=1.0, metadata={
+        "help": "Both softmaxes of the KL term divide the scores by this (with --teacher-scores)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
         if not self.model or not self.data:
             raise ValueError("--model and --data are required")
-        for name in ("model", "data", "negatives"):
+        if self.distill_weight < 0 or self.distill_temperature <= 0:
+            raise ValueError("--distill-weight must be >= 0 and --distill-temperature > 0")
+        for name in ("model", "data", "negatives", "teacher_scores"):
             value = getattr(self, name)
             if value and not Path(value).exists():
                 raise FileNotFoundError(f"--{name}: {value} does not exist")
@@ -83,10 +93,15 @@ class FinetuneArguments:
 
 
 class ContrastiveTrainer(Trainer):
-    def __init__(self, *args, group_size: int, temperature: float, across_devices: bool, **kwargs) -> None:
+    """Contrastive loss, plus `distill_weight` x the KL term when batches carry `teacher_scores`."""
+
+    def __init__(self, *args, group_size: int, temperature: float, across_devices: bool, distill_weight: float = 0.0,
+                 distill_temperature: float = 1.0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.group_size, self.temperature, self.across_devices = group_size, temperature, across_devices
+        self.distill_weight, self.distill_temperature = distill_weight, distill_temperature
         self._accuracy_total, self._batches = 0.0, 0
+        self._terms = {"loss_contrastive": 0.0, "loss_distill": 0.0}  # summed on the device, logged as means
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         top_k = None
@@ -97,9 +112,18 @@ class ContrastiveTrainer(Trainer):
         passages = model(inputs["passage_input_ids"], inputs["passage_attention_mask"],
                          inputs["passage_special_tokens_mask"], top_k=top_k)
         loss, accuracy = contrastive_loss(queries, passages, self.group_size, self.temperature, self.across_devices)
+        distill = None
+        if "teacher_scores" in inputs:  # stage 3: the query's own group only (local passages, never gathered)
+            student = own_group_scores(queries, passages, self.group_size)  # [B, G], positive first
+            distill = distillation_loss(student, inputs["teacher_scores"], self.distill_temperature)
         if model.training:
             self._accuracy_total = self._accuracy_total + accuracy.detach()  # summed on the device: no sync per step
             self._batches += 1
+            if distill is not None:
+                self._terms["loss_contrastive"] = self._terms["loss_contrastive"] + loss.detach()
+                self._terms["loss_distill"] = self._terms["loss_distill"] + distill.detach()
+        if distill is not None:
+            loss = loss + self.distill_weight * distill
         return (loss, queries) if return_outputs else loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
@@ -107,7 +131,12 @@ class ContrastiveTrainer(Trainer):
             mean = all_reduce_sum(torch.as_tensor(self._accuracy_total / self._batches, dtype=torch.float32,
                                                   device=self.args.device))
             logs["train_accuracy"] = round(float(mean) / world_size(), 4)
+            for name, total in self._terms.items():
+                if torch.is_tensor(total):  # only with teacher scores
+                    term = all_reduce_sum(total.float() / self._batches)
+                    logs[name] = round(float(term) / world_size(), 6)
             self._accuracy_total, self._batches = 0.0, 0
+            self._terms = dict.fromkeys(self._terms, 0.0)
         super().log(logs, start_time)
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -147,17 +176,19 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, acce
     query_ids = sorted(q for q, docs in qrels.items() if q in collection.queries and any(r > 0 for r in docs.values()))
     negatives = load_negatives(args.negatives) if args.negatives else {}
     negatives = {q: docs[: args.negative_depth] for q, docs in negatives.items()}
+    teacher_scores = load_teacher_scores(args.teacher_scores) if args.teacher_scores else None
 
     encoder = DupMAEEncoder.from_pretrained(args.model, representation, args.missing_head_init)
     prepare(encoder, training_device(training.use_cpu), accelerations, training=True, tf32=training.tf32)
     tokenizer = load_tokenizer(args.model)
     collator = GroupCollator(tokenizer, query_ids, collection.queries, collection.corpus, qrels, negatives,
                              args.group_size, representation.query_max_length, representation.passage_max_length,
-                             seed=training.seed)
+                             seed=training.seed, teacher_scores=teacher_scores)
     trainer = ContrastiveTrainer(
         model=encoder, args=training, train_dataset=QueryDataset(query_ids), data_collator=collator,
         processing_class=tokenizer, callbacks=[JsonlLogCallback(), CollatorEpochCallback(collator), CheckpointMarkerCallback(), *callbacks],
         group_size=args.group_size, temperature=args.temperature, across_devices=args.negatives_across_devices,
+        distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
     )
     check_world_size(training)
     global_batch = training.per_device_train_batch_size * training.gradient_accumulation_steps * training.world_size

@@ -1,0 +1,136 @@
+"""`dupmae train-reranker`: a cross-encoder teacher, trained with sentence-transformers' `CrossEncoder`.
+
+    dupmae train-reranker --model LOCAL --data BEIR_DIR --negatives negs.jsonl --output DIR \
+        [--dev-fraction 0.2] [--negatives-per-query 3] [--num-train-epochs 1] [--max-length 256]
+
+From any local encoder folder (e.g. all-MiniLM-L6-v2: its encoder plus a fresh one-logit head) or a
+cross-encoder folder. Training rows: for every judged query of the split (minus the held-out dev
+queries, as `dupmae finetune --dev-fraction` holds them out), (query, positive, 1) for each
+positive and (query, negative, 0) for `--negatives-per-query` negatives drawn (seeded per query)
+from the top `--negative-depth` mined ones. Loss: `BinaryCrossEntropyLoss` with `pos_weight` =
+negatives per query, so both classes weigh the same. Trained by `CrossEncoderTrainer` (an HF
+`Trainer`: checkpoints, `--resume`, bf16, `--config FILE` as for `dupmae finetune`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dupmae.config import parse_with_config_file
+from dupmae.data.beir import dev_split, load_beir
+from dupmae.data.finetune import load_negatives
+from dupmae.modeling.cross_encoder import load_cross_encoder
+from dupmae.modeling.retriever import document_text
+from dupmae.training.distributed import accelerator_available
+from dupmae.training.trainer import CheckpointMarkerCallback, JsonlLogCallback, checkpoint_to_resume, train_or_finish
+
+logger = logging.getLogger(__name__)
+
+TRAINING_DEFAULTS = {
+    "learning_rate": 2e-5,
+    "num_train_epochs": 1,
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 16,  # (query, passage) rows
+    "logging_steps": 10,
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "report_to": "none",
+}
+
+
+@dataclass
+class RerankerArguments:
+    model: str | None = field(default=None, metadata={"help": "Local encoder or cross-encoder folder to start from."})
+    data: str | None = field(default=None, metadata={"help": "BEIR folder (corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv)."})
+    split: str = field(default="train", metadata={"help": "qrels split to train on."})
+    negatives: str | None = field(default=None, metadata={"help": "negs.jsonl from `dupmae mine` (best first)."})
+    negative_depth: int = field(default=30, metadata={"help": "Draw negatives from the top-N mined documents."})
+    negatives_per_query: int = field(default=3, metadata={"help": "Negative rows per query (and BCE pos_weight)."})
+    max_length: int = field(default=256, metadata={"help": "Tokens per (query, passage) pair."})
+    dev_fraction: float = field(default=0.0, metadata={
+        "help": "Leave out this share of the split's queries (dev_split, seed 13), as `dupmae finetune` does."})
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
+
+    def __post_init__(self) -> None:
+        if not self.model or not self.data or not self.negatives:
+            raise ValueError("--model, --data and --negatives are required")
+        for name in ("model", "data", "negatives"):
+            if not Path(getattr(self, name)).exists():
+                raise FileNotFoundError(f"--{name}: {getattr(self, name)} does not exist")
+        if self.negative_depth < 1 or self.negatives_per_query < 1 or self.max_length < 8:
+            raise ValueError("--negative-depth and --negatives-per-query must be >= 1, --max-length >= 8")
+        if not 0 <= self.dev_fraction < 1:
+            raise ValueError(f"--dev-fraction must be in [0, 1), got {self.dev_fraction}")
+
+
+def training_rows(queries: dict[str, str], corpus: dict[str, dict], qrels: dict[str, dict[str, int]],
+                  negatives: dict[str, list[str]], depth: int, per_query: int, seed: int) -> dict[str, list]:
+    """Columns `query`, `passage`, `label` (1.0 / 0.0), queries in qrels order."""
+    rows = {"query": [], "passage": [], "label": []}
+    for query_id, judged in qrels.items():
+        positives = [d for d, relevance in judged.items() if relevance > 0]
+        if not positives or query_id not in queries:
+            continue
+        pool = [d for d in negatives.get(query_id, [])[:depth] if d in corpus and d not in positives]
+        chosen = random.Random(f"{seed}:{query_id}").sample(pool, min(per_query, len(pool)))
+        for doc_id, label in [(d, 1.0) for d in positives] + [(d, 0.0) for d in chosen]:
+            rows["query"].append(queries[query_id])
+            rows["passage"].append(document_text(corpus[doc_id]))
+            rows["label"].append(label)
+    return rows
+
+
+def parse_arguments(argv: list[str]):
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    return parse_with_config_file((RerankerArguments, CrossEncoderTrainingArguments), argv,
+                                  {**TRAINING_DEFAULTS, "use_cpu": not accelerator_available()},
+                                  "dupmae train-reranker")
+
+
+def train_reranker(args: RerankerArguments, training):
+    """Train and save the cross-encoder to `training.output_dir`; returns the `CrossEncoderTrainer`."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import set_seed
+
+    output = Path(training.output_dir)
+    checkpoint = checkpoint_to_resume(output, args.resume)
+    set_seed(training.seed)
+    collection = load_beir(args.data, args.split)
+    qrels = dev_split(collection.qrels, args.dev_fraction)[0] if args.dev_fraction else collection.qrels
+    rows = training_rows(collection.queries, collection.corpus, qrels, load_negatives(args.negatives),
+                         args.negative_depth, args.negatives_per_query, training.seed)
+    if not rows["label"]:
+        raise ValueError(f"no training rows: no judged query of {args.split} with a positive and a text")
+    model = load_cross_encoder(args.model, args.max_length, "cpu" if training.use_cpu else None)
+    loss = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(args.negatives_per_query)))
+    trainer = CrossEncoderTrainer(model=model, args=training, train_dataset=Dataset.from_dict(rows), loss=loss,
+                                  callbacks=[JsonlLogCallback(), CheckpointMarkerCallback()])
+    logger.info("cross-encoder: %d rows (%d positive) from %d queries", len(rows["label"]), int(sum(rows["label"])),
+                len(set(rows["query"])))
+    if training.should_save:
+        output.mkdir(parents=True, exist_ok=True)
+        resolved = {"reranker": vars(args), "training": json.loads(training.to_json_string())}
+        (output / "dupmae_reranker_config.json").write_text(json.dumps(resolved, indent=2, sort_keys=True) + "\n")
+    train_or_finish(trainer, checkpoint)
+    if training.should_save:
+        model.save_pretrained(str(output))
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    try:
+        output = train_reranker(*parse_arguments(argv)).args.output_dir
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"dupmae train-reranker: error: {error}", file=sys.stderr)
+        return 2
+    print(output)
+    return 0
