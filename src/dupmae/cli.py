@@ -15,6 +15,7 @@ VERBS = {
     "prepare": ("dupmae.data.prepare", "tokenize a corpus into a memory-mapped pre-training dataset"),
     "pretrain": ("dupmae.training.pretrain", "DupMAE / RetroMAE / BoW-only / MLM pre-training"),
     "export": ("dupmae.training.export", "export the encoder + MLM head of a checkpoint as a Hugging Face folder"),
+    "export-st": ("dupmae.retrieval.export_st", "write a retriever as sentence-transformers folders (dense, sparse)"),
     "finetune": ("dupmae.training.finetune", "contrastive fine-tuning into a retriever (dupmae / cls / sparse)"),
     "encode": ("dupmae.retrieval.encode", "encode a corpus into a sharded, resumable dupmae index"),
     "search": ("dupmae.retrieval.search", "exact DupMAE search of an index, written as a TREC run"),
