@@ -270,7 +270,7 @@ def collection_names(folders: list[Path]) -> list[str]:
 
 
 def evaluate_collections(systems: dict[str, str], collections: list[BeirCollection], output: Path,
-                         settings: Settings, bm25: bool = False, progress=sys.stderr) -> dict:
+                         settings: Settings, bm25: bool = False, progress=None) -> dict:
     """Run every system (and BM25, and hybrids) on every collection, cached; write the report.
 
     Args:
@@ -284,6 +284,7 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
     """
     from dupmae.pipeline.beir_report import write_report
 
+    progress = progress or sys.stderr  # looked up at call time (a test may have replaced it)
     if not systems and not bm25:
         raise ValueError("nothing to evaluate: give --systems NAME=MODEL_DIR ..., --bm25, or both")
     if settings.hybrid_weight is not None and not (bm25 and systems):
