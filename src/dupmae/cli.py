@@ -27,6 +27,8 @@ VERBS = {
     "score-pairs": ("dupmae.training.score_pairs", "cache a cross-encoder's scores of the fine-tuning groups (distillation)"),
     "fuse": ("dupmae.retrieval.fusion", "fuse two TREC runs (e.g. a retriever's and BM25's) into a hybrid run"),
     "evaluate": ("dupmae.evaluation.evaluate", "score a TREC run against qrels (nDCG, MRR, recall, MAP, P)"),
+    "interpolate": ("dupmae.training.interpolate", "move a fine-tuned retriever's weights toward its starting model (WiSE-FT)"),
+    "beir": ("dupmae.pipeline.beir", "zero-shot evaluation of retrievers, BM25 and hybrids on many BEIR collections"),
     "run": ("dupmae.pipeline.run", "the whole domain-adaptation pipeline on a BEIR collection, with a report"),
 }
 
