@@ -439,3 +439,40 @@ def test_shipped_configs_are_valid():
     assert quick.collection == full.collection == "scifact" and quick.model == "minilm"
     assert set(full.representations) == {"cls", "dupmae"} and full.systems[:4] == quick.systems
     assert {"finetune-r2", "dupmae-r2", "rerank", "finetune-distill", "dupmae-distill"} <= set(full.systems)
+
+
+def test_transfer_evaluates_every_system_zero_shot_on_other_collections(setup):
+    other = write_collection(setup["root"] / "elsewhere" / "other", documents=30)
+    results, progress = rerun(setup, f"transfer=[{other}]")
+    assert results["timings"]["stages_run"] == []  # the pipeline's own stages are all cached
+    transfer = results["transfer"]
+    assert transfer["collections"] == ["other"]
+    assert set(transfer["systems"]) == {"BM25", "zero-shot", "ft-cls", "dupmae-ft-cls", "zero-shot + BM25",
+                                        "ft-cls + BM25", "dupmae-ft-cls + BM25"}
+    details = json.loads((setup["output"] / "transfer" / "results.json").read_text())
+    for system_id in ("zero-shot", "ft-cls", "dupmae-ft-cls"):  # each hybrid keeps the weight chosen on dev
+        chosen = results["systems"][f"{system_id}+bm25"]["fusion"]["weight"]
+        assert details["systems"][f"{system_id} + BM25"]["runs"]["other"]["weight"] == chosen
+    # Its numbers are `dupmae evaluate`'s on its runs.
+    run = setup["output"] / "transfer" / "collections" / "other" / "ft-cls" / "run.trec"
+    summary = setup["root"] / "ft-transfer.json"
+    assert cli(["evaluate", "--run", str(run), "--qrels", str(other / "qrels" / "test.tsv"), "--output", str(summary),
+                "--metrics", "ndcg@10,mrr@10,recall@100"]) == 0
+    assert transfer["systems"]["ft-cls"]["collections"]["other"] == json.loads(summary.read_text())["metrics"]
+    report = (setup["output"] / "report.md").read_text()
+    assert "## Zero-shot transfer" in report and "(transfer/report.md)" in report
+    test_value = results["systems"]["ft-cls"]["test"]["ndcg@10"]
+    section = report.split("## Zero-shot transfer")[1]
+    row = next(line for line in section.splitlines() if line.startswith(f"| {results['systems']['ft-cls']['label']} |"))
+    assert row.endswith(f"| {transfer['systems']['ft-cls']['average']['ndcg@10']:.4f} | {test_value:.4f} |")
+    # A second run re-evaluates nothing.
+    _, progress = rerun(setup, f"transfer=[{other}]")
+    assert "other: ft-cls ... cached" in progress and "other: BM25 ... cached" in progress
+
+
+def test_a_missing_transfer_collection_fails_before_any_stage(setup, tmp_path):
+    stream = io.StringIO()
+    config = load_pipeline_config(setup["config"], [f"transfer=[{tmp_path / 'nowhere'}]"])
+    with pytest.raises(MissingDataError, match="nowhere"):
+        run_pipeline(config, tmp_path / "out", setup["root"] / "data", stream=stream)
+    assert stream.getvalue() == ""

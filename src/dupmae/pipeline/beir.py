@@ -213,17 +213,18 @@ def bm25_run(collection: BeirCollection, loaded: LoadedCollection, folder: Path,
     return {**_write(folder, results, "bm25", started), "cached": False}
 
 
-def hybrid_run(neural_folder: Path, bm25_folder: Path, folder: Path, settings: Settings) -> dict:
-    """`weight x neural + (1 - weight) x BM25` over min-max-normalised scores (`dupmae fuse --weight`)."""
+def hybrid_run(neural_folder: Path, bm25_folder: Path, folder: Path, weight: float, top_k: int) -> dict:
+    """`weight x neural + (1 - weight) x BM25` over min-max-normalised scores (`dupmae fuse --weight`); fused
+    again at every run from the two cached runs (milliseconds)."""
     from dupmae.retrieval.fusion import fuse
     from dupmae.retrieval.trec import ranked, read_run
 
     started = time.monotonic()
     folder.mkdir(parents=True, exist_ok=True)
     fused = fuse(read_run(str(neural_folder / "run.trec")), read_run(str(bm25_folder / "run.trec")),
-                 settings.hybrid_weight, method="minmax", depth=settings.top_k)
-    results = {query_id: ranked(hits)[: settings.top_k] for query_id, hits in fused.items()}
-    return {**_write(folder, results, "hybrid", started, {"weight": settings.hybrid_weight}), "cached": False}
+                 weight, method="minmax", depth=top_k)
+    results = {query_id: ranked(hits)[:top_k] for query_id, hits in fused.items()}
+    return {**_write(folder, results, "hybrid", started, {"weight": weight}), "cached": False}
 
 
 # -- systems -------------------------------------------------------------------------------------------
@@ -270,7 +271,8 @@ def collection_names(folders: list[Path]) -> list[str]:
 
 
 def evaluate_collections(systems: dict[str, str], collections: list[BeirCollection], output: Path,
-                         settings: Settings, bm25: bool = False, progress=None) -> dict:
+                         settings: Settings, bm25: bool = False, progress=None,
+                         hybrid_weights: dict[str, float] | None = None, labels: dict[str, str] | None = None) -> dict:
     """Run every system (and BM25, and hybrids) on every collection, cached; write the report.
 
     Args:
@@ -278,6 +280,9 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         collections: the collections, names unique.
         output: the report folder (``report.md``, ``results.json``, ``ndcg.png``, ``per_query/``).
         settings: `Settings`; `hybrid_weight` not None adds ``NAME + BM25`` for every system (needs `bm25`).
+        hybrid_weights: ``{name: weight}``: ``NAME + BM25`` for these systems only, each with its own weight
+            (`dupmae run` passes the weights it chose on its dev split); overrides `settings.hybrid_weight`.
+        labels: ``{name: label}`` shown in the report instead of the model folders.
 
     Returns:
         The results dictionary also written to ``results.json``.
@@ -289,6 +294,10 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         raise ValueError("nothing to evaluate: give --systems NAME=MODEL_DIR ..., --bm25, or both")
     if settings.hybrid_weight is not None and not (bm25 and systems):
         raise ValueError("--hybrid-weight fuses systems with BM25: it needs --bm25 and at least one system")
+    if hybrid_weights is None:
+        hybrid_weights = {} if settings.hybrid_weight is None else dict.fromkeys(systems, settings.hybrid_weight)
+    if hybrid_weights and not bm25:
+        raise ValueError("hybrids fuse systems with BM25: BM25 must be run too")
     names = [collection.name for collection in collections]
     if len(set(names)) != len(names):
         raise ValueError(f"collection names must be unique: {names}")
@@ -318,12 +327,14 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         for name, (model, _) in models.items():
             record(name, work / name, lambda: neural_run(model, fingerprints[name], collection, loaded, work / name,
                                                          settings))
-            if settings.hybrid_weight is not None:
-                hybrid = f"{name} + {BM25_NAME}"
+            if name in hybrid_weights:
                 folder = work / f"{name}+{BM25_NAME}"
-                record(hybrid, folder, lambda: hybrid_run(work / name, work / BM25_NAME, folder, settings))
-    labels = {BM25_NAME: "BM25"} | {name: f"{name} ({how}: {folder})" for name, (folder, how) in models.items()}
-    return write_report(output, collections, info, records, labels, settings, time.monotonic() - started)
+                record(f"{name} + {BM25_NAME}", folder,
+                       lambda: hybrid_run(work / name, work / BM25_NAME, folder, hybrid_weights[name], settings.top_k))
+    shown = {BM25_NAME: "BM25"} | {name: f"{name} ({how}: {folder})" for name, (folder, how) in models.items()}
+    shown |= {f"{name} + {BM25_NAME}": f"{name} fused with BM25 (weight {weight})" for name, weight in hybrid_weights.items()}
+    return write_report(output, collections, info, records, shown | (labels or {}), settings,
+                        time.monotonic() - started)
 
 
 # -- the verb ------------------------------------------------------------------------------------------

@@ -87,10 +87,9 @@ def render(results: dict) -> str:
                      f"{info['judgements']} | {info['judged_without_relevant']} | {info['unknown_judged_documents']} |")
     lines += ["", "## Systems", ""]
     lines += [f"- **{name}**: {system['label']}" for name, system in results["systems"].items()]
-    if results["settings"].get("hybrid_weight") is not None:
-        weight = results["settings"]["hybrid_weight"]
-        lines.append(f"- `+ BM25`: {weight} x the system + {1 - weight:.2f} x BM25 over min-max-normalised scores "
-                     "(a fixed weight: a zero-shot collection has no dev split to choose it on)")
+    if any(" + " in name for name in results["systems"]):
+        lines.append("- `+ BM25`: weight x the system + (1 - weight) x BM25 over min-max-normalised scores, a "
+                     "fixed weight per system: a zero-shot collection has no dev split to choose it on")
     lines += ["", "## Time", "", "| system | " + " | ".join(results["collections"]) + " |",
               "| --- | " + " | ".join("---:" for _ in results["collections"]) + " |"]
     for name, system in results["systems"].items():
@@ -138,10 +137,8 @@ def write_report(output: Path, collections, info: dict, records: dict, labels: d
     means, per_query = evaluate_records(collections, records, metrics)
     systems = {}
     for system, by_collection in means.items():
-        base = system.split(" + ")[0]
-        label = labels.get(system) or f"{labels[base].split(' (')[0]} fused with BM25"
         systems[system] = {
-            "label": label,
+            "label": labels[system],
             "collections": by_collection,
             "average": {m: average([by_collection[c.name][m] for c in collections]) for m in metrics},
             "runs": {c: {k: v for k, v in record.items()} for c, record in records[system].items()},

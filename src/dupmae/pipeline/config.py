@@ -257,6 +257,10 @@ class PipelineConfig:
     teacher: TeacherSettings = _setting(TeacherSettings(), "The cross-encoder teacher (rerank, *-distill).")
     rerank: RerankSettings = _setting(RerankSettings(), "BM25 + rerank.")
     distill: DistillSettings = _setting(DistillSettings(), "Fine-tuning stage 3 (finetune-distill, dupmae-distill).")
+    transfer: list[str] = _setting(
+        [], "Other BEIR collections (folders, or names under the data root) every system is also evaluated on "
+            "zero-shot: a section of the report and OUTPUT/transfer/ (`dupmae beir`), cached per system and collection.")
+    transfer_split: str = _setting("test", "qrels split of the transfer collections (qrels/<transfer_split>.tsv).")
 
     def __post_init__(self) -> None:
         if not self.systems:

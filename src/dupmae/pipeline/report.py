@@ -273,6 +273,13 @@ def render_report(results: dict, plots: dict[str, str]) -> str:
                       "negatives mined by the round-1 model; distilled: + KL to the cross-encoder teacher):", ""]
             lines += rounds + [""]
     lines += _hybrid_lines(results)
+    if results.get("transfer"):
+        from dupmae.pipeline.transfer import transfer_section
+
+        primary = results["config"]["primary_metric"]
+        lines += transfer_section(results["transfer"], primary,
+                                  {system_id: system["test"][primary] for system_id, system in results["systems"].items()
+                                   if "test" in system and primary in system["test"]})
     if plots:
         lines += ["## Plots", ""]
         if "metrics" in plots:
@@ -328,7 +335,7 @@ def plot_metrics(results: dict, path: Path) -> Path:
 
 
 def write_outputs(output: Path, env: Environment, the_plan: Plan, finished: dict[str, Finished], started: float,
-                  config_file: str | None = None) -> dict:
+                  config_file: str | None = None, transfer: dict | None = None) -> dict:
     """results.json, per_query.json, metrics.png, loss_curves.png (copied from the pre-training stage), report.md."""
     import yaml
 
@@ -344,6 +351,11 @@ def write_outputs(output: Path, env: Environment, the_plan: Plan, finished: dict
         shutil.copyfile(pretrain.path("plot"), output / "loss_curves.png")
         plots["loss_curves"] = "loss_curves.png"
     results["plots"] = plots
+    if transfer:  # `dupmae.pipeline.transfer`: the averages here, everything else in transfer/results.json
+        results["transfer"] = {"collections": list(transfer["collections"]), "metrics": transfer["metrics"],
+                               "systems": {name: {"label": system["label"], "collections": system["collections"],
+                                                  "average": system["average"]}
+                                           for name, system in transfer["systems"].items()}}
     (output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     per_query = {system: {split: summary["per_query"] for split, summary in by_split.items()}
                  for system, by_split in evaluations.items()}

@@ -38,6 +38,7 @@ from dupmae.pipeline.data import (
     folder_fingerprint,
     resolve_model,
 )
+from dupmae.pipeline.transfer import run_transfer, transfer_collections
 from dupmae.pipeline.stages import Context, Environment, Finished, PipelineError, Plan, Stage, hashed, plan
 
 CACHE_FORMAT = 1  # bump when a stage's outputs change meaning: every hash changes, nothing stale is reused
@@ -122,6 +123,7 @@ def run_pipeline(config: PipelineConfig, output: str | Path, root: str | Path | 
     stream = stream or sys.stderr
     output = Path(output).absolute()
     env = prepare_environment(config, root, download)
+    transfer_collections(config, data_root(root))  # a missing transfer collection fails now, not after hours
     the_plan: Plan = plan(env)
     output.mkdir(parents=True, exist_ok=True)
     total = len(the_plan.stages) + 1  # + the report
@@ -168,9 +170,19 @@ def run_pipeline(config: PipelineConfig, output: str | Path, root: str | Path | 
             finished[stage.name] = Finished(stage.name, key, folder, outputs, seconds, status)
             say(f"{tag} ... done in {format_duration(seconds)}")
         if dry_run:
+            if config.transfer:
+                say(f"transfer: {len(config.transfer)} collection(s), cached per system and collection in "
+                    f"{output / 'transfer'}")
             return None
+        transfer = None
+        if config.transfer:
+            say(f"transfer: zero-shot on {len(config.transfer)} other collection(s) ... "
+                f"(elapsed {format_duration(time.monotonic() - started)})")
+            transfer_started = time.monotonic()
+            transfer = run_transfer(env, the_plan, finished, output, data_root(root), stream)
+            say(f"transfer: done in {format_duration(time.monotonic() - transfer_started)}: {output / 'transfer'}")
         say(f"[{total}/{total}] report ...")
-        results = write_outputs(output, env, the_plan, finished, started, config_file)
+        results = write_outputs(output, env, the_plan, finished, started, config_file, transfer=transfer)
         say(f"[{total}/{total}] report ... done: {output / 'report.md'} "
             f"(this run took {format_duration(time.monotonic() - started)})")
     return results
