@@ -166,3 +166,28 @@ def test_dev_split_is_deterministic_disjoint_and_complete():
         dev_split(qrels, fraction=1.0)
     with pytest.raises(ValueError, match="at least 2"):
         dev_split({"a": {"x": 1}})
+
+
+def test_empty_documents_are_kept_and_counted_and_empty_queries_never_searched(tmp_path, caplog):
+    from dupmae.data.beir import empty_documents, searchable_queries
+
+    write(tmp_path / "corpus.jsonl", jsonl(
+        {"_id": "d1", "title": "Protein folding", "text": "Proteins fold."},
+        {"_id": "d2", "title": " ", "text": "\t"},
+        {"_id": "d3", "text": ""},
+    ))  # fmt: skip
+    write(tmp_path / "queries.jsonl", jsonl(
+        {"_id": "q1", "text": "protein"}, {"_id": "q2", "text": ""}, {"_id": "q3", "text": "  "},
+        {"_id": "q4", "text": "unjudged"},
+    ))  # fmt: skip
+    write(tmp_path / "qrels" / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td1\t1\n")
+    corpus = load_corpus(str(tmp_path / "corpus.jsonl"))
+    assert list(corpus) == ["d1", "d2", "d3"] and empty_documents(corpus) == ["d2", "d3"]
+    queries = load_queries(str(tmp_path / "queries.jsonl"))
+    assert queries == {"q1": "protein", "q2": "", "q3": "  ", "q4": "unjudged"}
+    with caplog.at_level("WARNING"):
+        assert searchable_queries(queries) == {"q1": "protein", "q4": "unjudged"}
+    assert "2 queries with an empty text (e.g. 'q2') are not searched" in caplog.text
+    collection = load_beir(str(tmp_path), "test")
+    assert collection.queries == {"q1": "protein"}  # judged and not empty
+    assert set(collection.qrels) == {"q1", "q2"}  # the judged empty query stays judged: it scores 0
