@@ -291,7 +291,8 @@ def teacher_stage(env: Environment) -> Stage:
         return Stage("teacher", f"teacher: the cross-encoder {folder.name}",
                      {"path": folder_fingerprint(folder), "max_length": teacher.max_length}, (), refinement.run_teacher)
     start = refinement.teacher_start(env)
-    return Stage("teacher", f"teacher: train a cross-encoder from {start.name}",
+    label = start.name if teacher.model else env.model_label
+    return Stage("teacher", f"teacher: train a cross-encoder from {label}",
                  {**vars(teacher), "model": folder_fingerprint(start), "seed": config.seed,
                   "train_split": config.train_split, "dev_fraction": config.dev_fraction},
                  ("mine",), refinement.run_teacher)
