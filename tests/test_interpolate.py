@@ -77,3 +77,41 @@ def test_another_start_is_refused(tmp_path, models, wordpiece_dir):
     tokenizer.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="different parameters"):
         interpolate(tmp_path / "other", tuned_dir, 0.5)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.5])
+def test_finetune_interpolate_with_start_equals_the_verb(tmp_path, wordpiece_dir, alpha):
+    """`finetune --interpolate-with-start A` = `finetune` then `interpolate --alpha A` (0: the start itself)."""
+    from test_finetune import write_beir
+
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    beir = write_beir(tmp_path / "beir")
+    common = ["--model", start, "--data", str(beir), "--negatives", str(beir / "negs.jsonl"), "--group-size", "3",
+              "--per-device-train-batch-size", "4", "--max-steps", "2", "--representation", "cls", "--dense-dim", "0",
+              "--dense-pooling", "mean", "--normalize-dense", "true", "--temperature", "0.05", "--learning-rate", "1e-2",
+              "--report-to", "none", "--disable-tqdm", "true", "--bf16", "false", "--save-strategy", "no"]
+    assert cli(["finetune", *common, "--output", str(tmp_path / "plain")]) == 0
+    assert cli(["finetune", *common, "--output", str(tmp_path / "mixed"), "--interpolate-with-start", str(alpha)]) == 0
+    assert cli(["interpolate", "--start", start, "--finetuned", str(tmp_path / "plain"), "--alpha", str(alpha),
+                "--output", str(tmp_path / "verb")]) == 0
+    encode = lambda folder: Retriever.from_pretrained(folder, bf16=False).encode_corpus(TEXTS).dense  # noqa: E731
+    assert torch.allclose(torch.as_tensor(encode(tmp_path / "mixed")), torch.as_tensor(encode(tmp_path / "verb")),
+                          atol=1e-6)
+    assert not torch.allclose(torch.as_tensor(encode(tmp_path / "plain")), torch.as_tensor(encode(tmp_path / "mixed")),
+                              atol=1e-4)  # the training moved the weights: the interpolation undoes part of it
+    if alpha == 0.0:
+        wrapped = DupMAEEncoder.from_pretrained(start, RepresentationConfig(
+            representation="cls", dense_dim=0, dense_pooling="mean", normalize_dense=True))
+        wrapped.save_pretrained(tmp_path / "wrapped", AutoTokenizer.from_pretrained(start))
+        assert torch.allclose(torch.as_tensor(encode(tmp_path / "mixed")),
+                              torch.as_tensor(encode(tmp_path / "wrapped")), atol=1e-6)
+
+
+def test_finetune_refuses_an_alpha_outside_0_1(tmp_path, wordpiece_dir, capsys):
+    from test_finetune import write_beir
+
+    start = tiny_encoder_dir(tmp_path / "start", wordpiece_dir)
+    beir = write_beir(tmp_path / "beir")
+    assert cli(["finetune", "--model", start, "--data", str(beir), "--output", str(tmp_path / "out"),
+                "--interpolate-with-start", "1.5"]) == 2
+    assert "--interpolate-with-start must be in [0, 1]" in capsys.readouterr().err

@@ -28,6 +28,7 @@ from dupmae.platform.precision import training_device
 from dupmae.training.contrastive import contrastive_loss, own_group_scores
 from dupmae.training.distill import distillation_loss
 from dupmae.training.distributed import accelerator_available, all_reduce_sum, check_world_size, shutdown, world_size
+from dupmae.training.interpolate import interpolate
 from dupmae.training.trainer import (CheckpointMarkerCallback, CollatorEpochCallback, JsonlLogCallback,
                                     checkpoint_to_resume, train_or_finish)
 
@@ -75,6 +76,10 @@ class FinetuneArguments:
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term (with --teacher-scores)."})
     distill_temperature: float = field(default=1.0, metadata={
         "help": "Both softmaxes of the KL term divide the scores by this (with --teacher-scores)."})
+    interpolate_with_start: float = field(default=1.0, metadata={
+        "help": "After training, weights = a x fine-tuned + (1 - a) x the --model start (WiSE-FT, `dupmae "
+                "interpolate`); 1 = off. Keeps more of the start's zero-shot quality on other collections "
+                "(docs/results.md, Transfer)."})
     resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in --output."})
 
     def __post_init__(self) -> None:
@@ -86,6 +91,8 @@ class FinetuneArguments:
             value = getattr(self, name)
             if value and not Path(value).exists():
                 raise FileNotFoundError(f"--{name}: {value} does not exist")
+        if not 0.0 <= self.interpolate_with_start <= 1.0:
+            raise ValueError(f"--interpolate-with-start must be in [0, 1], got {self.interpolate_with_start}")
         if self.negative_depth < 1:
             raise ValueError(f"--negative-depth must be >= 1, got {self.negative_depth}")
         if self.group_size < 1 or self.temperature <= 0 or not 0 <= self.dev_fraction < 1:
@@ -206,6 +213,12 @@ def finetune(args: FinetuneArguments, representation: RepresentationConfig, acce
     started = time.perf_counter()
     train_or_finish(trainer, checkpoint)
     trainer.save_model(str(output))
+    if args.interpolate_with_start < 1.0 and training.should_save:
+        # Read back from the folder just written, so the result is what `dupmae interpolate` gives.
+        interpolate(args.model, output, args.interpolate_with_start, args.missing_head_init).save_pretrained(
+            output, tokenizer)
+        logger.info("weights interpolated: %g x fine-tuned + %g x %s", args.interpolate_with_start,
+                    1.0 - args.interpolate_with_start, args.model)
     logger.info("fine-tuning took %.0f s", time.perf_counter() - started)
     return trainer
 
