@@ -19,42 +19,35 @@ from dupmae.data.collator import example_generator
 from dupmae.modeling.retriever import document_text
 
 
-def load_negatives(path: str | Path) -> dict[str, list[str]]:
-    """negs.jsonl (`{"query_id", "negatives": [...]}` per line, best first) -> {qid: [doc ids]}."""
-    negatives = {}
+def _records_by_query(path: str | Path, read, expected: str) -> dict[str, object]:
+    """``{query_id: read(record)}`` of a jsonl file, one record per query; a bad or repeated line is a
+    `ValueError` naming the file and line (`expected` describes a good one)."""
+    records = {}
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
-                query_id, docs = str(record["query_id"]), [str(d) for d in record["negatives"]]
-            except (json.JSONDecodeError, KeyError, TypeError) as error:
-                raise ValueError(f"{path}:{number}: expected {{\"query_id\", \"negatives\": [...]}} ({error})") from error
-            if query_id in negatives:
+                query_id, value = str(record["query_id"]), read(record)
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
+                raise ValueError(f"{path}:{number}: expected {expected} ({error})") from error
+            if query_id in records:
                 raise ValueError(f"{path}:{number}: duplicate query_id {query_id!r}")
-            negatives[query_id] = docs
-    return negatives
+            records[query_id] = value
+    return records
+
+
+def load_negatives(path: str | Path) -> dict[str, list[str]]:
+    """negs.jsonl (`{"query_id", "negatives": [...]}` per line, best first) -> {qid: [doc ids]}."""
+    return _records_by_query(path, lambda record: [str(d) for d in record["negatives"]],
+                             '{"query_id", "negatives": [...]}')
 
 
 def load_teacher_scores(path: str | Path) -> dict[str, dict[str, float]]:
     """teacher_scores.jsonl (`{"query_id", "scores": {doc_id: score}}` per line) -> {qid: {doc id: score}}."""
-    scores = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                query_id = str(record["query_id"])
-                values = {str(d): float(v) for d, v in record["scores"].items()}
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as error:
-                raise ValueError(f"{path}:{number}: expected {{\"query_id\", \"scores\": {{doc_id: score}}}} "
-                                 f"({error})") from error
-            if query_id in scores:
-                raise ValueError(f"{path}:{number}: duplicate query_id {query_id!r}")
-            scores[query_id] = values
-    return scores
+    return _records_by_query(path, lambda record: {str(d): float(v) for d, v in record["scores"].items()},
+                             '{"query_id", "scores": {doc_id: score}}')
 
 
 class QueryDataset(torch.utils.data.Dataset):

@@ -107,3 +107,12 @@ def score_groups(model, groups: Iterable[Group], output: str | Path, batch_size:
             flush()
     os.replace(partial, output)
     return done
+
+
+def add_scoring_arguments(parser) -> None:
+    """The flags of every verb that runs a cross-encoder over (query, passage) pairs (rerank, score-pairs)."""
+    from dupmae.config import positive_int
+
+    parser.add_argument("--max-length", type=positive_int, default=None, help="tokens per (query, passage) pair")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="pairs per forward pass (default: 32)")
+    parser.add_argument("--bf16", default="auto", help="auto (native bf16 only), true or false (default: auto)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from dupmae.config import positive_int
 from dupmae.data.beir import load_corpus, load_queries, searchable_queries
 from dupmae.data.formats import CorpusFormatError
-from dupmae.modeling.cross_encoder import load_cross_encoder, score_groups
+from dupmae.modeling.cross_encoder import add_scoring_arguments, load_cross_encoder, score_groups
 from dupmae.modeling.retriever import document_text
 from dupmae.retrieval.mine import input_paths
 from dupmae.retrieval.trec import Results, ranked, read_run, write_run
@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", required=True, help="BEIR folder (corpus.jsonl inside) or a corpus.jsonl file")
     parser.add_argument("--queries", help="queries.jsonl (default: queries.jsonl next to the corpus)")
     parser.add_argument("--top-k", type=positive_int, default=100, help="documents re-scored per query (default: 100)")
-    parser.add_argument("--max-length", type=positive_int, default=None, help="tokens per (query, passage) pair")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="pairs per forward pass (default: 32)")
-    parser.add_argument("--bf16", default="auto", help="auto (native bf16 only), true or false (default: auto)")
+    add_scoring_arguments(parser)
     parser.add_argument("--tag", default="dupmae-rerank", help="run tag (default: dupmae-rerank)")
     parser.add_argument("--output", required=True, help="TREC run to write (logits in OUTPUT.scores.jsonl)")
     return parser

@@ -23,7 +23,7 @@ from pathlib import Path
 from dupmae.config import positive_int
 from dupmae.data.beir import dev_split, load_beir
 from dupmae.data.finetune import load_negatives
-from dupmae.modeling.cross_encoder import Group, load_cross_encoder, score_groups
+from dupmae.modeling.cross_encoder import Group, add_scoring_arguments, load_cross_encoder, score_groups
 from dupmae.modeling.retriever import document_text
 
 logger = logging.getLogger(__name__)
@@ -66,9 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="score the top N negatives of each query (default: 30)")
     parser.add_argument("--dev-fraction", type=float, default=0.0,
                         help="leave out the held-out dev queries, as `dupmae finetune --dev-fraction` (default: 0)")
-    parser.add_argument("--max-length", type=positive_int, default=None, help="tokens per (query, passage) pair")
-    parser.add_argument("--batch-size", type=positive_int, default=32, help="pairs per forward pass (default: 32)")
-    parser.add_argument("--bf16", default="auto", help="auto (native bf16 only), true or false (default: auto)")
+    add_scoring_arguments(parser)
     parser.add_argument("--output", required=True, help="teacher_scores.jsonl to write")
     return parser
 
