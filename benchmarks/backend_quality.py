@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import top_k_overlap  # noqa: E402
 
 def main(argv: list[str] | None = None) -> int:
     from dupmae.data.beir import load_beir
@@ -75,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "exact":
             exact = results
         depth = args.overlap_depth
-        overlap = None if exact is None else sum(
-            len({d for d, _ in results[q][:depth]} & {d for d, _ in exact[q][:depth]}) / max(min(depth, len(exact[q])), 1)
-            for q in exact) / len(exact)
+        overlap = None if exact is None else top_k_overlap(results, exact, depth)
         row = {"backend": name, **metrics, f"top{depth}_overlap": overlap, "load_s": loaded, "search_s": searched,
                "queries": len(collection.queries)}
         rows.append(row)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from common import top_k_overlap  # noqa: E402
 from search import machine, rss_bytes, synthetic_parts, synthetic_queries  # noqa: E402  (benchmarks/search.py)
 
 
@@ -65,11 +66,6 @@ def children_rss() -> int:
 
 def folder_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
-
-
-def overlap(results: dict, exact: dict) -> float:
-    return float(np.mean([len({d for d, _ in results[q]} & {d for d, _ in exact[q]}) / max(len(exact[q]), 1)
-                          for q in exact]))
 
 
 def fmt(value, spec: str) -> str:
@@ -151,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
                "qps": args.queries / search_s, "bytes_per_doc": (memory + engine_rss) / args.documents,
                "process_bytes_per_doc": memory / args.documents, "engine_rss_bytes_per_doc": engine_rss / args.documents,
                "disk_bytes_per_doc": disk / args.documents,
-               "overlap_at_k": overlap(results, exact_results) if exact_results else None,
+               "overlap_at_k": top_k_overlap(results, exact_results) if exact_results else None,
                "candidates_per_query": getattr(backend, "last_candidates", None), "load": os.getloadavg()[0]}
         rows.append(row)
         print(json.dumps(row), flush=True)

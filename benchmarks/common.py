@@ -132,3 +132,15 @@ def matmul_peak_flops(dtype: torch.dtype, size: int = 2048, seconds: float = 1.5
 
 def median(values: list[float]) -> float:
     return statistics.median(values)
+
+
+def top_k_overlap(results: dict, exact: dict, depth: int | None = None) -> float:
+    """Mean over `exact`'s queries of |top-`depth` of `results` ∩ top-`depth` of `exact`| / |the exact top|.
+
+    Both map query id -> [(doc id, score), ...] best first; `depth` None takes the whole lists."""
+    shares = []
+    for query_id, reference in exact.items():
+        expected = {d for d, _ in reference[:depth]}
+        found = {d for d, _ in results.get(query_id, [])[:depth]}
+        shares.append(len(found & expected) / max(len(expected), 1))
+    return sum(shares) / len(shares) if shares else float("nan")

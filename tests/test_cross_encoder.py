@@ -42,6 +42,51 @@ def test_train_reranker_writes_a_cross_encoder_that_loads(teacher):
     assert set(rows["passage"][1:]) <= {"b", "c", "d"} and len(set(rows["passage"][1:])) == 2
 
 
+def test_listwise_groups_one_row_per_positive_and_no_ragged_queries():
+    from dupmae.training.reranker import training_groups
+
+    corpus = {d: {"text": d} for d in "abcdefg"}
+    qrels = {"q": {"a": 1, "b": 2, "c": 0}, "short": {"a": 1}, "none": {"c": 0}}
+    negatives = {"q": list("abcdefg"), "short": ["a", "b"], "none": list("defg")}
+    rows = training_groups({"q": "protein", "short": "cell", "none": "x"}, corpus, qrels, negatives,
+                           depth=5, per_query=2, seed=1)
+    assert list(rows) == ["query", "positive", "negative_1", "negative_2"]
+    assert rows["query"] == ["protein", "protein"] and rows["positive"] == ["a", "b"]  # "short": 1 negative < 2
+    chosen = {rows["negative_1"][0], rows["negative_2"][0]}
+    assert len(chosen) == 2 and chosen <= {"c", "d", "e"}  # top 5 minus the positives a, b; grade-0 c allowed
+    assert [rows["negative_1"][1], rows["negative_2"][1]] == [rows["negative_1"][0], rows["negative_2"][0]]
+
+
+def test_listwise_loss_is_softmax_cross_entropy_over_the_groups_logits(teacher):
+    import torch
+
+    from dupmae.training.reranker import listwise_loss
+
+    model = load_cross_encoder(teacher["model"])
+    model.eval()  # no dropout: the loss's forward and `score_pairs` see the same network
+    queries, positives = ["protein folding", "cell growth"], ["protein folds", "cells grow"]
+    negatives = [["stars shine", "rain falls"], ["folding paper", "protein"]]
+    columns = [queries, positives, [n[0] for n in negatives], [n[1] for n in negatives]]
+    with torch.no_grad():
+        loss = listwise_loss(model)(columns, None).item()
+    expected = 0.0
+    for query, positive, group in zip(queries, positives, negatives):
+        logits = score_pairs(model, [(query, p) for p in [positive, *group]]).astype(np.float64)
+        expected += -(logits[0] - np.log(np.exp(logits).sum())) / len(queries)
+    assert loss == pytest.approx(expected, abs=1e-5)
+
+
+def test_train_reranker_bce_and_bad_loss(teacher, tmp_path):
+    start = teacher["root"] / "start"
+    common = ["train-reranker", "--model", str(start), "--data", str(teacher["beir"]), "--negatives",
+              str(teacher["beir"] / "negs.jsonl"), "--max-steps", "1", "--max-length", "32", "--disable-tqdm", "true"]
+    assert cli(common + ["--loss", "bce", "--output", str(tmp_path / "bce")]) == 0
+    assert load_cross_encoder(tmp_path / "bce").num_labels == 1
+    config = json.loads((tmp_path / "bce" / "dupmae_reranker_config.json").read_text())
+    assert config["reranker"]["loss"] == "bce"
+    assert cli(common + ["--loss", "pairwise", "--output", str(tmp_path / "bad")]) == 2
+
+
 def test_rerank_orders_the_top_k_by_the_teachers_logits(teacher, tmp_path):
     beir = teacher["beir"]
     corpus = {json.loads(line)["_id"]: json.loads(line) for line in (beir / "corpus.jsonl").read_text().splitlines()}

@@ -151,9 +151,13 @@ class TeacherSettings:
     model: str | None = _setting(None, "Model the teacher is trained from (a fresh one-logit head on its encoder): "
                                        "null = the pipeline's `model`; 'minilm' or a local folder.")
     num_train_epochs: float = _setting(1.0, "Training epochs over the train queries (dev queries held out).")
-    per_device_train_batch_size: int = _setting(16, "(query, passage) rows per step.")
+    loss: str = _setting("listwise", "listwise: softmax cross-entropy over (positive, negatives) groups | bce: "
+                                     "pointwise labels (docs/results.md, The cross-encoder teacher).",
+                         choices=["listwise", "bce"])
+    per_device_train_batch_size: int = _setting(16, "Rows per step: (positive, negatives) groups for listwise, "
+                                                    "(query, passage) pairs for bce.")
     learning_rate: float = _setting(2.0e-5, "Learning rate.")
-    negatives_per_query: int = _setting(3, "BM25 negatives per query (label 0; BCE pos_weight balances them).")
+    negatives_per_query: int = _setting(3, "BM25 negatives per query (a group's negatives; bce: label 0 rows).")
     negative_depth: int = _setting(30, "Negatives drawn from BM25's top N.")
     max_length: int = _setting(256, "Tokens per (query, passage) pair.")
     bf16: bool | str = _setting("auto", "bf16 for training and scoring: auto, true or false.")

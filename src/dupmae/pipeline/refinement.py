@@ -55,7 +55,8 @@ def run_teacher(context: Context) -> dict:
         return {"model": str(Path(settings.path).absolute()), "trained": False}
     output = context.folder / "model"
     values = {"split": config.train_split, "dev_fraction": config.dev_fraction, "seed": config.seed,
-              "negative_depth": settings.negative_depth, "negatives_per_query": settings.negatives_per_query,
+              "loss": settings.loss, "negative_depth": settings.negative_depth,
+              "negatives_per_query": settings.negatives_per_query,
               "max_length": settings.max_length, "num_train_epochs": settings.num_train_epochs,
               "per_device_train_batch_size": settings.per_device_train_batch_size,
               "learning_rate": settings.learning_rate, "bf16": settings.bf16, "report_to": "none",
