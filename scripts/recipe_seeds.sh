@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The paper's fine-tuning stages 1 -> 2 -> 3 on SciFact, with and without DupMAE pre-training, over
+# seeds (issue 16, docs/results.md "The whole recipe over three seeds"). The quick preset's settings;
+# one output folder for every seed, so the stages no seed changes (data, BM25, the teacher, BM25 +
+# rerank) run once; each seed's results.json / report.md are kept as results-sSEED.json /
+# report-sSEED.md.
+#
+#   TEACHER=runs/teacher/T bash scripts/recipe_seeds.sh OUT SEED...
+#   python scripts/aggregate_seeds.py OUT/results-s*.json                      # mean ± std per system
+#   python scripts/seed_pooled_test.py OUT/results-s*.json --system ft-distill-cls --against ft-cls
+#
+# TEACHER: a cross-encoder folder from `dupmae train-reranker` (default: trained by the run, with the
+# quick preset's teacher settings and the first seed). The systems that do not depend on the seed run
+# with the first seed only: zero-shot, and `rerank` (BM25's top RERANK_TOP_K, default 30, re-ordered by
+# the teacher). TRANSFER=1 also evaluates the first seed's systems on the four transfer collections.
+set -euo pipefail
+out=${1:?usage: recipe_seeds.sh OUT SEED...}; shift
+[ $# -gt 0 ] || { echo "recipe_seeds.sh: give at least one seed" >&2; exit 2; }
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+dupmae=${DUPMAE:-dupmae}
+systems=bm25,finetune,dupmae,finetune-r2,dupmae-r2,finetune-distill,dupmae-distill
+teacher=()
+[ -n "${TEACHER:-}" ] && teacher=(--set "teacher.path=$(realpath "$TEACHER")")
+first=1
+for seed in "$@"; do
+  extra=(--set 'transfer=[]')
+  wanted=$systems
+  if [ $first = 1 ]; then
+    wanted=$systems,zero-shot,rerank
+    [ "${TRANSFER:-0}" = 1 ] && extra=()
+  fi
+  echo "== seed $seed: $wanted ($(date +%T))"
+  "$dupmae" run configs/scifact-quick.yaml --output "$out" --set "seed=$seed" --set "systems=[$wanted]" \
+      --set "rerank.top_k=${RERANK_TOP_K:-30}" "${teacher[@]}" "${extra[@]}"
+  cp "$out/results.json" "$out/results-s$seed.json"
+  cp "$out/report.md" "$out/report-s$seed.md"
+  first=0
+done
