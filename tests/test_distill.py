@@ -31,6 +31,24 @@ def test_kl_term_against_hand_computed_values():
         math.log((math.exp(0.5) + 1) / 2) - 0.25, rel=1e-6)
 
 
+def test_student_temperature_scales_the_students_softmax_only():
+    # a cosine student [0.5, 0.45] at its contrastive temperature 0.05 -> logits [10, 9] -> p_s = (e, 1) / (e + 1);
+    # teacher [0, 0] at temperature 1 -> p_t = (1/2, 1/2): the KL is query 0's of the hand-computed test above
+    student, teacher = torch.tensor([[0.5, 0.45]]), torch.tensor([[0.0, 0.0]])
+    expected = math.log((math.e + 1) / 2) - 0.5
+    assert distillation_loss(student, teacher, 1.0, student_temperature=0.05).item() == pytest.approx(expected, rel=1e-5)
+    # one temperature for both leaves the cosine student nearly uniform: p_s = (e^0.05, 1) / (e^0.05 + 1)
+    near_uniform = math.log((math.exp(0.05) + 1) / 2) - 0.025
+    assert distillation_loss(student, teacher, 1.0).item() == pytest.approx(near_uniform, abs=1e-6)
+    # a teacher [ln 3, 0] at temperature 0.5 -> p_t = (9/10, 1/10); student logits [10, 9] as above
+    p_s = (math.e / (math.e + 1), 1 / (math.e + 1))
+    kl = 0.9 * math.log(0.9 / p_s[0]) + 0.1 * math.log(0.1 / p_s[1])
+    assert distillation_loss(student, torch.tensor([[math.log(3.0), 0.0]]), 0.5, student_temperature=0.05).item() \
+        == pytest.approx(kl, rel=1e-5)
+    with pytest.raises(ValueError, match="temperatures"):
+        distillation_loss(student, teacher, 1.0, student_temperature=0.0)
+
+
 def test_kl_term_is_zero_when_student_equals_teacher():
     teacher = torch.tensor([[3.0, 1.0, -2.0, 0.5], [0.1, 0.2, 0.3, NAN]])
     student = torch.nan_to_num(teacher, nan=9.0).requires_grad_()

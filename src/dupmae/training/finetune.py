@@ -75,7 +75,8 @@ class FinetuneArguments:
                 "student) over each query's own group; negatives are then drawn from the scored ones only."})
     distill_weight: float = field(default=1.0, metadata={"help": "Weight of the KL term (with --teacher-scores)."})
     distill_temperature: float = field(default=1.0, metadata={
-        "help": "Both softmaxes of the KL term divide the scores by this (with --teacher-scores)."})
+        "help": "The teacher's softmax in the KL term divides its logits by this (with --teacher-scores); the "
+                "student's divides its scores by --temperature, as its contrastive loss does."})
     interpolate_with_start: float = field(default=1.0, metadata={
         "help": "After training, weights = a x fine-tuned + (1 - a) x the --model start (WiSE-FT, `dupmae "
                 "interpolate`); 1 = off. Keeps more of the start's zero-shot quality on other collections "
@@ -122,7 +123,9 @@ class ContrastiveTrainer(Trainer):
         distill = None
         if "teacher_scores" in inputs:  # stage 3: the query's own group only (local passages, never gathered)
             student = own_group_scores(queries, passages, self.group_size)  # [B, G], positive first
-            distill = distillation_loss(student, inputs["teacher_scores"], self.distill_temperature)
+            # the student's softmax is its contrastive one (scores / temperature); the teacher's is / distill_temperature
+            distill = distillation_loss(student, inputs["teacher_scores"], self.distill_temperature,
+                                        student_temperature=self.temperature)
         if model.training:
             self._accuracy_total = self._accuracy_total + accuracy.detach()  # summed on the device: no sync per step
             self._batches += 1
