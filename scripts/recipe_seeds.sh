@@ -12,7 +12,8 @@
 # TEACHER: a cross-encoder folder from `dupmae train-reranker` (default: trained by the run, with the
 # quick preset's teacher settings and the first seed). The systems that do not depend on the seed run
 # with the first seed only: zero-shot, and `rerank` (BM25's top RERANK_TOP_K, default 30, re-ordered by
-# the teacher). TRANSFER=1 also evaluates the first seed's systems on the four transfer collections.
+# the teacher). DISTILL_DEPTH (default 7): round-2 negatives per query the teacher scores for round 3.
+# TRANSFER=1 also evaluates the first seed's systems on the four transfer collections.
 set -euo pipefail
 out=${1:?usage: recipe_seeds.sh OUT SEED...}; shift
 [ $# -gt 0 ] || { echo "recipe_seeds.sh: give at least one seed" >&2; exit 2; }
@@ -31,7 +32,7 @@ for seed in "$@"; do
   fi
   echo "== seed $seed: $wanted ($(date +%T))"
   "$dupmae" run configs/scifact-quick.yaml --output "$out" --set "seed=$seed" --set "systems=[$wanted]" \
-      --set "rerank.top_k=${RERANK_TOP_K:-30}" "${teacher[@]}" "${extra[@]}"
+      --set "rerank.top_k=${RERANK_TOP_K:-30}" --set "distill.depth=${DISTILL_DEPTH:-7}" "${teacher[@]}" "${extra[@]}"
   cp "$out/results.json" "$out/results-s$seed.json"
   cp "$out/report.md" "$out/report-s$seed.md"
   first=0

@@ -1,6 +1,8 @@
 """The Milvus backend on embedded Milvus Lite (the engine's own embedded build, started by the test):
-`dupmae index` -> `dupmae search --backend milvus` equals exact search; signed sparse values survive
-the sign split; an interrupted load resumes; bad URIs and backends are clear errors."""
+`dupmae index` -> `dupmae search --backend milvus` equals exact search; re-scoring from the local
+index and from vectors fetched back from the engine give identical hits and scores; signed sparse
+values survive the sign split (dict and CSR forms alike); an interrupted load resumes; bad URIs,
+backends and a foreign local index are clear errors."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ pytest.importorskip("pymilvus", reason="the milvus backend needs pymilvus + milv
 pytest.importorskip("milvus_lite", reason="embedded Milvus needs milvus-lite (pip install 'dupmae[milvus]')")
 
 from dupmae.cli import main as cli  # noqa: E402
-from dupmae.retrieval.backends.milvus import EMPTY, MilvusBackend, check_uri, join_signs, split_signs  # noqa: E402
+from dupmae.retrieval.backends.milvus import (EMPTY, MilvusBackend, canonical_pairs, check_uri,  # noqa: E402
+                                              join_signs, sign_split_matrix, split_signs)
+from dupmae.retrieval.approximate import concatenate  # noqa: E402
 from dupmae.retrieval.encode import index_parts, load_part, read_manifest  # noqa: E402
 from dupmae.retrieval.trec import read_run  # noqa: E402
 from retrieval.test_backends import assert_same, corpus, exact_results, filled, queries  # noqa: E402
@@ -26,6 +30,25 @@ def test_sign_split_is_lossless_and_never_empty():
     assert split_signs(np.array([1]), np.array([0.0])) == {EMPTY: 1.0} and join_signs({EMPTY: 1.0}) == ([], [])
 
 
+def test_csr_rows_hold_what_the_dict_rows_hold():
+    rng = np.random.default_rng(3)
+    indices = np.stack([rng.choice(50, size=6, replace=False) for _ in range(9)]).astype(np.int32)
+    values = rng.normal(size=(9, 6)).astype(np.float32)
+    values[0], values[1, :4] = 0, 0  # a document without weights, one with two
+    matrix = sign_split_matrix(indices, values)
+    assert matrix.shape == (9, EMPTY + 1) and matrix.dtype == np.float32 and matrix.has_sorted_indices
+    for row in range(9):
+        stored = dict(zip(matrix[row].indices.tolist(), matrix[row].data.tolist()))
+        assert stored == split_signs(indices[row], values[row])
+        # what a fetch gives back (dimension order) is what canonical_pairs makes of the raw pairs
+        terms, weights = join_signs(stored)
+        kept, kept_values = canonical_pairs(indices[row : row + 1], values[row : row + 1])
+        assert kept[0, : len(terms)].tolist() == terms and kept_values[0, : len(terms)].tolist() == weights
+        assert not kept[0, len(terms) :].any() and not kept_values[0, len(terms) :].any()
+    with pytest.raises(ValueError, match=r"must both be \[n, k\]"):
+        sign_split_matrix(indices[0], values[0])
+
+
 @pytest.mark.parametrize("signed", [False, True])
 def test_engine_candidates_rescored_exactly_equal_exact_search(tmp_path, signed):
     rng = np.random.default_rng(0)
@@ -36,6 +59,25 @@ def test_engine_candidates_rescored_exactly_equal_exact_search(tmp_path, signed)
     filled(engine, blocks)
     assert len(engine) == 60
     assert_same(engine.search(encoded, 10).results(encoded.ids), exact_results(blocks, encoded, 10))
+    # re-scoring from local vectors: the same hits, bit for bit, without fetching them from the engine
+    fetched = engine.search(encoded, 10)
+    engine.use_local(concatenate(blocks))
+    local = engine.search(encoded, 10)
+    assert local.ids == fetched.ids and np.array_equal(local.positions, fetched.positions)
+    assert np.array_equal(local.scores, fetched.scores)
+    # ... also when the candidates are a few documents of the collection (rows != keys)
+    narrow = MilvusBackend(str(tmp_path / "m.db"), candidates=5, sparse_query_terms=3)
+    fetched = narrow.search(encoded, 10)
+    narrow.use_local(concatenate(blocks))
+    local = narrow.search(encoded, 10)
+    assert narrow.last_candidates < 20 and local.ids == fetched.ids
+    assert np.array_equal(local.positions, fetched.positions) and np.array_equal(local.scores, fetched.scores)
+    with pytest.raises(ValueError, match="local vectors hold 17 documents but Milvus collection 'dupmae' holds 60"):
+        narrow.use_local(blocks[0])
+    renamed = concatenate(blocks)
+    renamed.ids = [f"other{i}" for i in range(60)]
+    with pytest.raises(ValueError, match="'other0' locally but 'd0000' in Milvus collection"):
+        narrow.use_local(renamed)
     # the engine's own fusion: its ranking of the same candidates, reciprocal-rank scores
     fused = MilvusBackend(str(tmp_path / "m.db"), candidates=60, fusion="rrf").search(encoded, 10)
     assert all(len(row) == 10 for row in fused.ids) and np.all(fused.scores[:, 0] < 1)
@@ -64,6 +106,18 @@ def test_index_then_search_through_milvus_equals_exact(tmp_path, retriever_dir, 
     for query_id in exact:
         assert list(exact[query_id]) == list(milvus[query_id])
         assert np.allclose(list(exact[query_id].values()), list(milvus[query_id].values()), rtol=1e-5)
+    # with --index the candidates are re-scored from the index's parts: the same run, byte for byte
+    local_args = [*common, "--backend", "milvus", "--uri", uri, "--candidates", "3", "--sparse-query-terms", "2"]
+    assert cli([*local_args, "--output", str(tmp_path / "fetched.trec")]) == 0
+    assert cli([*local_args, "--index", str(index), "--output", str(tmp_path / "local.trec")]) == 0
+    assert (tmp_path / "local.trec").read_text() == (tmp_path / "fetched.trec").read_text()
+    # an index of another layout than the one loaded is refused
+    other = tmp_path / "other"
+    assert cli(["encode", "--model", retriever_dir, "--corpus", str(beir), "--output", str(other),
+                "--part-size", "7"]) == 0
+    capsys.readouterr()
+    assert cli([*local_args, "--index", str(other), "--output", str(tmp_path / "o.trec")]) == 2
+    assert "is not the one loaded into Milvus collection 'dupmae'" in capsys.readouterr().err
     # the in-process union backend agrees too
     assert cli([*common, "--index", str(index), "--backend", "union", "--candidates", "30",
                 "--output", str(tmp_path / "union.trec")]) == 0

@@ -150,13 +150,14 @@ class TeacherSettings:
     path: str | None = _setting(None, "A local cross-encoder folder used as is; null: train one (the settings below).")
     model: str | None = _setting(None, "Model the teacher is trained from (a fresh one-logit head on its encoder): "
                                        "null = the pipeline's `model`; 'minilm' or a local folder.")
-    num_train_epochs: float = _setting(1.0, "Training epochs over the train queries (dev queries held out).")
+    num_train_epochs: float = _setting(2.0, "Training epochs over the train queries (dev queries held out).")
     loss: str = _setting("listwise", "listwise: softmax cross-entropy over (positive, negatives) groups | bce: "
                                      "pointwise labels (docs/results.md, The cross-encoder teacher).",
                          choices=["listwise", "bce"])
     per_device_train_batch_size: int = _setting(16, "Rows per step: (positive, negatives) groups for listwise, "
                                                     "(query, passage) pairs for bce.")
-    learning_rate: float = _setting(2.0e-5, "Learning rate.")
+    learning_rate: float = _setting(2.0e-4, "Learning rate (the fresh head needs a large one: docs/results.md, "
+                                            "The cross-encoder teacher).")
     negatives_per_query: int = _setting(3, "BM25 negatives per query (a group's negatives; bce: label 0 rows).")
     negative_depth: int = _setting(30, "Negatives drawn from BM25's top N.")
     max_length: int = _setting(256, "Tokens per (query, passage) pair.")

@@ -3,11 +3,14 @@
     dupmae search --model DIR --index INDEX --queries queries.jsonl [--qrels F] --top-k 1000 --output run.trec
     dupmae search ... --backend union --dense-index HNSW32        # FAISS dense ∪ sparse inverted-index candidates
     dupmae search --model DIR --backend milvus --uri index.db ...   # candidates from Milvus (`dupmae index`)
+    dupmae search --model DIR --backend milvus --uri index.db --index INDEX ...   # re-scored from INDEX's parts
 
 Backends (`dupmae.retrieval.backends`): `exact` (default) scores every part exactly, one part at a
 time, keeping the best `top_k` hits per query, so memory stays `queries x (top_k + part size)`;
 `faiss`, `sparse`, `union` and `milvus` find candidates approximately and re-score them with the
 exact DupMAE score. `--dense-index FACTORY` other than `Flat` without `--backend` means `union`.
+`milvus` with `--index` (the index `dupmae index` loaded) re-scores from that index's parts in memory;
+without it, from vectors fetched back from the engine (slower; the same hits and scores).
 """
 
 from __future__ import annotations
@@ -88,6 +91,8 @@ def search_index(retriever, index: str | Path | None, queries: dict[str, str], t
     if name == "milvus" and len(engine) != expected:
         raise ValueError(f"{where} holds {len(engine)} documents but the corpus has {expected}"
                          " (`dupmae index` did not finish)")
+    if name == "milvus" and index is not None and fusion == "exact":
+        use_local_index(engine, Path(index), manifest, retriever)
     query_ids = list(queries)
     encoded = retriever.encode_queries([queries[q] for q in query_ids], query_ids)
     if name == "exact":
@@ -101,6 +106,21 @@ def search_index(retriever, index: str | Path | None, queries: dict[str, str], t
         return hits.results(query_ids)
     hits = engine.search(encoded, top_k + int(exclude_self))
     return hits.results(query_ids, top_k, exclude_self)
+
+
+def use_local_index(engine, index: Path, manifest: dict, retriever) -> None:
+    """Let the Milvus backend `engine` re-score its candidates from the parts of `index` (held in
+    memory, as `union` holds them) instead of fetching their vectors from the engine; `index` must be
+    the one `dupmae index` loaded into the collection (same manifest)."""
+    from dupmae.retrieval.approximate import concatenate
+
+    local_manifest, parts = check_index(index, retriever)
+    if local_manifest != manifest:
+        raise ValueError(f"the index {index} is not the one loaded into Milvus collection {engine.collection!r} "
+                         "(their manifests differ); give the --index that `dupmae index` loaded, or no --index "
+                         "to fetch the candidates' vectors from the engine")
+    blocks = [load_part(part) for part in tqdm(parts, desc="loading", unit="part", disable=not retriever.show_progress)]
+    engine.use_local(concatenate(blocks))
 
 
 def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
@@ -123,7 +143,10 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="dupmae search", description="Search a dupmae index.")
     parser.add_argument("--model", required=True, help="the retriever folder the index was encoded with")
-    parser.add_argument("--index", default=None, help="folder written by `dupmae encode` (every backend but milvus)")
+    parser.add_argument("--index", default=None,
+                        help="folder written by `dupmae encode` (every backend but milvus; with milvus, optional: the "
+                             "index `dupmae index` loaded, whose vectors then re-score the engine's candidates "
+                             "instead of vectors fetched back from the engine)")
     parser.add_argument("--queries", required=True, help="queries.jsonl")
     parser.add_argument("--qrels", help="only search the queries judged in this qrels file")
     parser.add_argument("--top-k", type=positive_int, default=1000)

@@ -41,8 +41,8 @@ from dupmae.training.trainer import CheckpointMarkerCallback, JsonlLogCallback, 
 logger = logging.getLogger(__name__)
 
 TRAINING_DEFAULTS = {
-    "learning_rate": 2e-5,
-    "num_train_epochs": 1,
+    "learning_rate": 2e-4,  # a fresh one-logit head on a bi-encoder: 5e-5 barely moves in an epoch (docs/results.md)
+    "num_train_epochs": 2,
     "warmup_steps": 0.1,
     "per_device_train_batch_size": 16,  # rows: (query, passage) pairs for bce, whole groups for listwise
     "logging_steps": 10,

@@ -18,11 +18,18 @@ same way, `[q+, q-]`, so the engine's sparse score is `q+·d+ + q-·d-`: the pos
 the exact sparse dot (an upper bound of it), what the engine ranks sparse candidates by. With
 `relu` / `log1p_relu` there are no negative weights and the split changes nothing.
 
+Documents are inserted with their sparse vectors as one-row scipy CSR matrices (`sign_split_matrix`):
+pymilvus packs those without the per-element type checks it runs on dict rows (about half the
+client time per row here), and the stored values are the same float32 weights at the same dimensions.
+
 A search asks the engine for each query's `candidates` dense and `sparse_candidates` sparse
-candidates (the query's `sparse_query_terms` largest-|weight| terms), fetches the union's stored
-vectors back from the engine and re-scores them with the exact DupMAE score (`fusion="exact"`, the
-default); `fusion="rrf"` returns the engine's own fusion (Milvus `hybrid_search` with `RRFRanker`):
-its scores are reciprocal-rank sums, not DupMAE scores.
+candidates (the query's `sparse_query_terms` largest-|weight| terms) and re-scores the union with the
+exact DupMAE score (`fusion="exact"`, the default). The candidates' vectors come from the local index
+when one was given (`use_local`: `dupmae search --backend milvus --index DIR`), else they are
+fetched back from the engine by key (`client.query`, ~1 ms per document through pymilvus). Both
+paths hand the scorer the same arrays (`canonical_pairs`), so their hits and scores are identical.
+`fusion="rrf"` returns the engine's own fusion (Milvus `hybrid_search` with `RRFRanker`): its scores
+are reciprocal-rank sums, not DupMAE scores.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ INSERT_BATCH = 2_000  # rows per insert call (gRPC messages stay well under Milv
 FETCH_BATCH = 2_000  # primary keys per query call
 QUERY_BATCH = 64  # queries per search call
 MAX_LIMIT = 16_384  # Milvus's largest top-k
+CANONICAL_CHUNK = 16_384  # documents put in canonical order at a time by `use_local`
 FUSIONS = ("exact", "rrf")
 
 
@@ -92,6 +100,62 @@ def split_signs(indices: np.ndarray, values: np.ndarray) -> dict[int, float]:
     return vector or {EMPTY: 1.0}
 
 
+def sign_split_matrix(indices: np.ndarray, values: np.ndarray):
+    """Sign-split sparse vectors of `n` documents, top-k pairs `indices` / `values` `[n, k]`, as one
+    scipy CSR matrix `[n, EMPTY + 1]` float32 with sorted column indices: row `r` holds the entries of
+    `split_signs(indices[r], values[r])` (duplicate dimensions summed). A row of it (`matrix[r]`) is
+    what `add` hands pymilvus."""
+    import scipy.sparse
+
+    indices, values = np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float32)
+    if indices.shape != values.shape or indices.ndim != 2:
+        raise ValueError(f"sparse indices {indices.shape} and values {values.shape} must both be [n, k]")
+    count = len(indices)
+    kept = (values > 0) | (values < 0)  # NaN and 0 dropped, as split_signs does
+    empty = np.flatnonzero(~kept.any(axis=1))
+    rows = np.concatenate([np.nonzero(kept)[0], empty])
+    columns = np.concatenate([np.where(values > 0, indices, NEGATIVE + indices)[kept],
+                              np.full(len(empty), EMPTY, dtype=np.int64)])
+    weights = np.concatenate([np.abs(values[kept]), np.ones(len(empty), dtype=np.float32)])
+    matrix = scipy.sparse.csr_matrix((weights, (rows, columns)), shape=(count, EMPTY + 1), dtype=np.float32)
+    matrix.sum_duplicates()  # canonical: sorted indices, each dimension once
+    return matrix
+
+
+def canonical_pairs(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse pairs `[m, k]` as the engine gives them back: per row the non-zero weights only, in
+    `join_signs` order of the stored vector (positive weights by term, then negative ones by term),
+    zero-padded to `w = max(1, most non-zeros in a row)`; returns (indices `[m, w]` int64, values
+    `[m, w]` float32). Scoring these instead of the raw pairs makes local and fetched re-scoring sum
+    the same products in the same order."""
+    indices, values = np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float32)
+    kept = (values > 0) | (values < 0)
+    keys = np.where(values > 0, indices, np.where(kept, NEGATIVE + indices, EMPTY))
+    order = np.argsort(keys, axis=1, kind="stable")
+    width = max(int(kept.sum(axis=1).max(initial=0)), 1)
+    order = order[:, :width]
+    kept = np.take_along_axis(kept, order, 1)
+    return (np.where(kept, np.take_along_axis(indices, order, 1), 0),
+            np.where(kept, np.take_along_axis(values, order, 1), 0).astype(np.float32))
+
+
+def canonical_block(documents: DocumentBlock) -> tuple[DocumentBlock, np.ndarray]:
+    """`documents` with its sparse pairs `[N, k]` in `canonical_pairs` order (chunk by chunk; indices
+    keep their dtype, width `max(1, most non-zeros)`) and each document's non-zero count `[N]`: rows
+    of it cut to a candidate set's widest count equal `canonical_pairs` of that set's raw pairs."""
+    if documents.sparse_indices is None:
+        return documents, np.zeros(len(documents.ids), dtype=np.int64)
+    nonzeros = np.count_nonzero((documents.sparse_values > 0) | (documents.sparse_values < 0), axis=1)
+    width = max(int(nonzeros.max(initial=0)), 1)
+    indices = np.zeros((len(documents.ids), width), dtype=documents.sparse_indices.dtype)
+    values = np.zeros((len(documents.ids), width), dtype=np.float32)
+    for start in range(0, len(documents.ids), CANONICAL_CHUNK):
+        rows = slice(start, start + CANONICAL_CHUNK)
+        chunk_indices, chunk_values = canonical_pairs(documents.sparse_indices[rows], documents.sparse_values[rows])
+        indices[rows, : chunk_indices.shape[1]], values[rows, : chunk_values.shape[1]] = chunk_indices, chunk_values
+    return DocumentBlock(documents.ids, documents.dense, indices, values), nonzeros
+
+
 def join_signs(vector: dict[int, float]) -> tuple[list[int], list[float]]:
     """(terms, signed weights) of a sign-split vector."""
     terms, weights = [], []
@@ -119,6 +183,8 @@ class MilvusBackend:
         self.client = connect(uri)
         self._fields: set[str] | None = None
         self._count: int | None = None
+        self._local: DocumentBlock | None = None  # canonical sparse order (`canonical_block`)
+        self._local_nonzeros: np.ndarray | None = None  # [N] non-zero sparse weights per document
         self.last_candidates = 0.0
 
     # --- collection -----------------------------------------------------------------------------
@@ -184,16 +250,32 @@ class MilvusBackend:
                 raise ValueError(f"Milvus collection {self.collection!r} {'has no' if present else 'needs a'} "
                                  f"{name} field for these documents")
         for begin in range(0, len(block.ids), INSERT_BATCH):
-            rows = []
-            for row in range(begin, min(begin + INSERT_BATCH, len(block.ids))):
-                entity = {"pk": start + row, "doc_id": block.ids[row]}
-                if block.dense is not None:
-                    entity["dense"] = block.dense[row].astype(np.float32, copy=False)
-                if block.sparse_indices is not None:
-                    entity["sparse"] = split_signs(block.sparse_indices[row], block.sparse_values[row])
-                rows.append(entity)
-            self.client.insert(self.collection, rows)
+            end = min(begin + INSERT_BATCH, len(block.ids))
+            self.client.insert(self.collection, self._rows(block, begin, end, start))
         self._count = start + len(block.ids)
+
+    def use_local(self, documents: DocumentBlock) -> None:
+        """Re-score candidates from `documents` (row `p` = the document stored under key `p`, as
+        `dupmae index` numbers an index's parts in order) instead of fetching their vectors from the
+        engine. ValueError if the count or a sample of stored doc ids disagree with the collection.
+        Holds a copy of the sparse pairs in canonical order (`canonical_block`), not `documents`."""
+        if len(documents.ids) != len(self):
+            raise ValueError(f"the local vectors hold {len(documents.ids)} documents but Milvus collection "
+                             f"{self.collection!r} holds {len(self)}")
+        fields = self.fields()
+        for name, array in (("dense", documents.dense), ("sparse", documents.sparse_indices)):
+            if (array is not None) != (name in fields):
+                raise ValueError(f"the local vectors {'have' if array is not None else 'lack'} a {name} part but "
+                                 f"Milvus collection {self.collection!r} {'does not' if array is not None else 'does'}")
+        sample = sorted({0, len(documents.ids) // 2, len(documents.ids) - 1}) if documents.ids else []
+        stored = {int(r["pk"]): r["doc_id"] for r in
+                  self.client.query(self.collection, filter=f"pk in {sample}", output_fields=["doc_id"])}
+        for position in sample:
+            if stored.get(position) != documents.ids[position]:
+                raise ValueError(f"document {position} is {documents.ids[position]!r} locally but "
+                                 f"{stored.get(position)!r} in Milvus collection {self.collection!r}: "
+                                 "not the index that was loaded into it")
+        self._local, self._local_nonzeros = canonical_block(documents)
 
     def finish(self) -> None:
         """Flush inserted rows to storage (a search sees them either way)."""
@@ -224,6 +306,21 @@ class MilvusBackend:
 
     # --- helpers --------------------------------------------------------------------------------
 
+    def _rows(self, block: DocumentBlock, begin: int, end: int, first_key: int) -> list[dict]:
+        """Insert rows of documents `begin:end` of `block`, keys from `first_key + begin`."""
+        dense = None if block.dense is None else np.asarray(block.dense[begin:end], dtype=np.float32)
+        sparse = None if block.sparse_indices is None else \
+            sign_split_matrix(block.sparse_indices[begin:end], block.sparse_values[begin:end])
+        rows = []
+        for row in range(end - begin):
+            entity = {"pk": first_key + begin + row, "doc_id": block.ids[begin + row]}
+            if dense is not None:
+                entity["dense"] = dense[row]
+            if sparse is not None:
+                entity["sparse"] = sparse[row]  # a [1, EMPTY + 1] CSR row
+            rows.append(entity)
+        return rows
+
     def _params(self, field: str, limit: int) -> dict:
         if field == "dense":
             return {"metric_type": "IP", "params": {"ef": max(limit, 64)}}
@@ -248,8 +345,21 @@ class MilvusBackend:
             vectors.append({d: v for d, v in vector.items() if d != EMPTY} or {EMPTY: 1.0})
         return vectors
 
+    def _candidates(self, positions: np.ndarray) -> DocumentBlock:
+        """Vectors of documents `positions` `[m]` (keys), in that order, sparse pairs canonical: from the
+        local index if `use_local` gave one, else fetched from the engine."""
+        if self._local is None:
+            return self._fetch(positions.tolist())
+        local = self._local
+        dense = None if local.dense is None else np.asarray(local.dense[positions], dtype=np.float32)
+        indices = values = None
+        if local.sparse_indices is not None:  # canonical already: cut to the candidates' widest row
+            width = max(int(self._local_nonzeros[positions].max(initial=0)), 1)
+            indices, values = local.sparse_indices[positions, :width], local.sparse_values[positions, :width]
+        return DocumentBlock([local.ids[p] for p in positions], dense, indices, values)
+
     def _fetch(self, positions: list[int]) -> DocumentBlock:
-        """Stored vectors of documents `positions`, in that order."""
+        """Stored vectors of documents `positions`, in that order, sparse pairs canonical."""
         fields = [f for f in ("dense", "sparse") if f in self.fields()]
         rows = {}
         for start in range(0, len(positions), FETCH_BATCH):
@@ -269,23 +379,24 @@ class MilvusBackend:
             values = np.zeros((len(pairs), width), dtype=np.float32)
             for row, (terms, weights) in enumerate(pairs):
                 indices[row, : len(terms)], values[row, : len(terms)] = terms, weights
+            indices, values = canonical_pairs(indices, values)
         return DocumentBlock([r["doc_id"] for r in ordered], dense, indices, values)
 
     def _rescore(self, queries: QueryBlock, found: list[set[int]], top_k: int) -> Hits:
-        every = sorted(set().union(*found))
+        """Exact scores of each query's candidates `found[q]` (keys); the best `top_k` per query."""
+        every = np.asarray(sorted(set().union(*found)), dtype=np.int64)  # [m] distinct candidates
         self.last_candidates = float(np.mean([len(f) for f in found])) if found else 0.0
-        documents = self._fetch(every)
-        row_of = {p: i for i, p in enumerate(every)}
+        documents = self._candidates(every)  # row i = document every[i]
         width = max([len(f) for f in found] + [1])
-        candidates = np.full((len(found), width), -1, dtype=np.int64)
+        candidates = np.full((len(found), width), -1, dtype=np.int64)  # [Q, C] rows of `documents`
         for q, positions in enumerate(found):
-            candidates[q, : len(positions)] = [row_of[p] for p in sorted(positions)]
+            candidates[q, : len(positions)] = np.searchsorted(every, sorted(positions))
         scores = candidate_scores(queries, documents, candidates)
         take = min(top_k, width)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :take]
         scores, rows = np.take_along_axis(scores, order, 1), np.take_along_axis(candidates, order, 1)
         ids = [[documents.ids[r] for r, s in zip(row, row_scores) if np.isfinite(s)] for row, row_scores in zip(rows, scores)]
-        positions = np.where(np.isfinite(scores), np.asarray(every + [-1], dtype=np.int64)[rows], -1)
+        positions = np.where(np.isfinite(scores), np.append(every, -1)[rows], -1)
         return Hits(ids, scores, positions)
 
     def _engine_fusion(self, queries, dense_requests, sparse_requests, top_k) -> Hits:
