@@ -9,10 +9,14 @@ of the 30,522 terms non-zero, as a fine-tuned DupMAE query's nearly are). Random
 random queries make the approximate backends' overlap a worst case (no structure for HNSW to use);
 the real-data quality comparison is `benchmarks/backend_quality.py`.
 
+Backends: `exact`, `union`, `milvus` (engine candidates re-scored from the local arrays, as
+`dupmae search --backend milvus --index DIR` does) and `milvus-fetch` (re-scored from vectors fetched
+back from the engine, as without `--index`).
+
 Indexing: exact = nothing to build (the arrays as `dupmae encode` writes them); union = FAISS HNSW
 build + posting lists + the arrays kept for re-scoring; milvus = create + insert + flush + index
-build, until the collection answers a search. Memory: growth of this process's resident memory (for
-Milvus: of the Milvus Lite server process, plus the database folder on disk).
+build, until the collection answers a search (`insert_s`: the inserts alone). Memory: growth of this
+process's resident memory (Milvus Lite runs inside it), plus the database folder on disk.
 
     python benchmarks/backends.py --documents 100000            # ~10 minutes on 2 busy cores
     python benchmarks/backends.py --documents 1000000           # the 1M case (needs ~25 GB and hours here)
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         before, children_before = rss_bytes(), children_rss()
         folder = Path(tempfile.mkdtemp(prefix="dupmae-bench-"))
         start = time.perf_counter()
-        if name == "milvus":
+        engine = name.startswith("milvus")
+        if engine:
             from dupmae.retrieval.backends.milvus import MilvusBackend
 
             backend = MilvusBackend(str(folder / "bench.db"), candidates=args.candidates,
@@ -127,23 +132,30 @@ def main(argv: list[str] | None = None) -> int:
         else:
             backend = make_backend(name, dense_index=args.dense_index, candidates=args.candidates,
                                    sparse_query_terms=args.sparse_query_terms, threads=args.threads)
+        insert_start = time.perf_counter()  # after connecting and creating: the inserts alone
         for part in parts:
             backend.add(part)
-        if name == "milvus":
+        insert_s = time.perf_counter() - insert_start
+        if engine:
             backend.finish()
+            if name == "milvus":
+                from dupmae.retrieval.approximate import concatenate
+
+                backend.use_local(concatenate(parts))
         elif hasattr(backend, "build"):
             backend.build()
         backend.search(QueryBlockSlice.first(queries), 1)  # ready to answer
         build_s = time.perf_counter() - start
         gc.collect()
-        memory = rss_bytes() - before + (arrays_rss if name != "milvus" else 0)  # exact/union keep the arrays
-        engine_rss = children_rss() - children_before if name == "milvus" else 0
+        memory = rss_bytes() - before + (arrays_rss if name != "milvus-fetch" else 0)  # the others keep the arrays
+        engine_rss = children_rss() - children_before if engine else 0
         disk = folder_bytes(folder)
         hits, search_s = timed_search(backend, queries, args.top_k, args.repeats)
         results = hits.results(queries.ids)
         if name == "exact":
             exact_results = results
-        row = {"backend": name, "documents": args.documents, "build_s": build_s, "search_s": search_s,
+        row = {"backend": name, "documents": args.documents, "build_s": build_s, "insert_s": insert_s,
+               "insert_ms_per_doc": 1e3 * insert_s / args.documents, "search_s": search_s,
                "qps": args.queries / search_s, "bytes_per_doc": (memory + engine_rss) / args.documents,
                "process_bytes_per_doc": memory / args.documents, "engine_rss_bytes_per_doc": engine_rss / args.documents,
                "disk_bytes_per_doc": disk / args.documents,
@@ -156,11 +168,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(folder, ignore_errors=True)
     base = next((r for r in rows if r["backend"] == "exact"), rows[0])
     print()
-    print(f"| backend | index build (s) | queries/s | × exact q/s | memory bytes/doc (process + engine) | × exact memory "
-          f"| disk bytes/doc | top-{args.top_k} overlap with exact | candidates/query |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| backend | index build (s) | insert ms/doc | queries/s | × exact q/s | memory bytes/doc (process + engine) "
+          f"| × exact memory | disk bytes/doc | top-{args.top_k} overlap with exact | candidates/query |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r['backend']} | {r['build_s']:.1f} | {r['qps']:.1f} | {r['qps'] / base['qps']:.2f} | "
+        print(f"| {r['backend']} | {r['build_s']:.1f} | {r['insert_ms_per_doc']:.3f} | {r['qps']:.1f} | "
+              f"{r['qps'] / base['qps']:.2f} | "
               f"{r['bytes_per_doc']:.0f} | {r['bytes_per_doc'] / base['bytes_per_doc']:.2f} | {r['disk_bytes_per_doc']:.0f} | "
               f"{fmt(r['overlap_at_k'], '.3f')} | {fmt(r['candidates_per_query'], '.0f')} |")
     if args.json:
