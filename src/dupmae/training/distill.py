@@ -11,9 +11,11 @@ and the term is the mean of `KL_i` over the queries (no tau² factor). `dupmae f
 contrastive temperature as `tau_s`, so the student's distribution is the one its contrastive loss
 already shapes: a cosine student (scores in [-1, 1]) at temperature 0.05 spans what a cross-encoder's
 logits span at 1, where dividing its cosines by the teacher's `tau` = 1 would leave it a near-uniform
-softmax that can never match the teacher's. Only the query's own group
-counts: in-batch passages of other queries have no teacher score. A column without a teacher score
-(NaN: a random top-up negative the teacher never saw) is left out of both softmaxes. The term is 0
+softmax that can never match the teacher's.
+
+Only the query's own group counts: in-batch passages of other queries have no teacher score. A
+column without a teacher score (NaN: a random top-up negative the teacher never saw) is left out of
+both softmaxes. The term is 0
 exactly when the student's scores equal the teacher's up to a constant per query.
 """
 
