@@ -14,6 +14,13 @@
 # with the first seed only: zero-shot, and `rerank` (BM25's top RERANK_TOP_K, default 30, re-ordered by
 # the teacher). DISTILL_DEPTH (default 7): round-2 negatives per query the teacher scores for round 3.
 # TRANSFER=1 also evaluates the first seed's systems on the four transfer collections.
+# RECIPE_SETS: more `dupmae run --set` overrides, space-separated, for every seed, e.g. the `dupmae`
+# representation in the quick preset (cosine, so the sparse weight is scaled by the temperature):
+#   RECIPE_SETS='representations=[dupmae] representation.dupmae.normalize_dense=true
+#                representation.dupmae.sparse_weight=0.001' bash scripts/recipe_seeds.sh OUT 42 1 2
+# CONFIG (default configs/scifact-quick.yaml): the pipeline config; RERANK_TOP_K and DISTILL_DEPTH
+# default to the config's own values for any other config (scripts/gpu_recipe.sh runs configs/scifact.yaml).
+# SEED_FREE (default zero-shot,rerank): the seed-independent systems the first seed adds ("" for none).
 set -euo pipefail
 out=${1:?usage: recipe_seeds.sh OUT SEED...}; shift
 [ $# -gt 0 ] || { echo "recipe_seeds.sh: give at least one seed" >&2; exit 2; }
@@ -22,18 +29,31 @@ dupmae=${DUPMAE:-dupmae}
 systems=bm25,finetune,dupmae,finetune-r2,dupmae-r2,finetune-distill,dupmae-distill
 teacher=()
 [ -n "${TEACHER:-}" ] && teacher=(--set "teacher.path=$(realpath "$TEACHER")")
+more=()
+read -ra recipe_sets <<< "${RECIPE_SETS:-}"
+for setting in "${recipe_sets[@]}"; do more+=(--set "$setting"); done
+seed_free=${SEED_FREE-zero-shot,rerank}
+config=${CONFIG:-configs/scifact-quick.yaml}
+depths=()
+if [ "$config" = configs/scifact-quick.yaml ]; then  # the quick preset's recipe (docs/results.md)
+  depths=(--set "rerank.top_k=${RERANK_TOP_K:-30}" --set "distill.depth=${DISTILL_DEPTH:-7}")
+else
+  [ -n "${RERANK_TOP_K:-}" ] && depths+=(--set "rerank.top_k=$RERANK_TOP_K")
+  [ -n "${DISTILL_DEPTH:-}" ] && depths+=(--set "distill.depth=$DISTILL_DEPTH")
+fi
 first=1
 for seed in "$@"; do
   extra=(--set 'transfer=[]')
   wanted=$systems
   if [ $first = 1 ]; then
-    wanted=$systems,zero-shot,rerank
+    wanted=$systems${seed_free:+,$seed_free}
     [ "${TRANSFER:-0}" = 1 ] && extra=()
   fi
   echo "== seed $seed: $wanted ($(date +%T))"
-  "$dupmae" run configs/scifact-quick.yaml --output "$out" --set "seed=$seed" --set "systems=[$wanted]" \
-      --set "rerank.top_k=${RERANK_TOP_K:-30}" --set "distill.depth=${DISTILL_DEPTH:-7}" "${teacher[@]}" "${extra[@]}"
+  "$dupmae" run "$config" --output "$out" --set "seed=$seed" --set "systems=[$wanted]" \
+      "${depths[@]}" "${teacher[@]}" "${more[@]}" "${extra[@]}"
   cp "$out/results.json" "$out/results-s$seed.json"
   cp "$out/report.md" "$out/report-s$seed.md"
+  [ -f "$out/per_query.json" ] && cp "$out/per_query.json" "$out/per_query-s$seed.json"
   first=0
 done
