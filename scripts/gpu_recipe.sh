@@ -5,7 +5,7 @@
 # seconds (default 500), then collect what finished into $OUT. Stages are cached, so a second call on
 # the same warm machine resumes where the first stopped.
 #   device tool: run(carry=[".gpu-recipe"], timeout_s=600, command="bash scripts/gpu_recipe.sh")
-# Tiny check on the CPU (no $OUT needed): GPU_RECIPE_TINY=1 bash scripts/gpu_recipe.sh
+# Tiny check on the CPU (no $OUT needed): GPU_RECIPE_TINY=1 SEEDS=42 PYTHON=.venv/bin/python bash scripts/gpu_recipe.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out/gpu-recipe}

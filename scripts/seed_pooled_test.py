@@ -4,8 +4,11 @@ over the seeds, then the paired test over the queries.
     python scripts/seed_pooled_test.py runs/ablation/results-dupmae-s*-dupmae-lr1e-5-ep4-hybrid.json \
         --system dupmae-ft-dupmae+bm25 --against ft-dupmae+bm25 [--split test] [--metric ndcg@10]
 
-Each results.json is one `dupmae run` (one seed); the systems' TREC runs are read from the stage
-folders next to it (`<folder of results.json>/stages/<stage>/<split>.trec`) and evaluated with
+Each results.json is one `dupmae run` (one seed). Per-query values come from the run's own
+per-query file where one lies beside it (`per_query.json` for `results.json`, `per_query-sN.json`
+for `results-sN.json`, as scripts/recipe_seeds.sh and scripts/gpu_recipe.py keep them); otherwise
+the systems' TREC runs are read from the stage folders next to it
+(`<folder of results.json>/stages/<stage>/<split>.trec`) and evaluated with
 `dupmae.evaluation.metrics.evaluate`. Averaging over seeds before testing takes the seed noise out
 of each query's value, so one p-value answers "is A ahead of B over these seeds", where per-seed
 tests each see one draw of it.
@@ -28,12 +31,23 @@ def qrels_path(results: dict, results_file: Path, split: str) -> Path:
     return results_file.parent / "stages" / data / "dev_qrels.tsv"
 
 
+def per_query_file(results_file: Path) -> Path:
+    """The pipeline's per-query metrics beside a results file: results[-sN].json -> per_query[-sN].json."""
+    return results_file.with_name(results_file.name.replace("results", "per_query", 1))
+
+
 def per_query(results: dict, results_file: Path, system: str, split: str, metric: str, qrels) -> dict[str, float]:
+    """{query id: metric} of one system on one split. `qrels`: a callable giving the split's qrels,
+    called only when the values must be computed from the TREC run."""
     from dupmae.evaluation.metrics import evaluate
     from dupmae.retrieval.trec import read_run
 
     if system not in results["systems"]:
         raise SystemExit(f"{results_file}: no system {system!r} (it has {', '.join(results['systems'])})")
+    if per_query_file(results_file).is_file():
+        values = json.loads(per_query_file(results_file).read_text())[system][split]
+        return {query: metrics[metric] for query, metrics in values.items()}
+    qrels = qrels()
     run = read_run(str(results_file.parent / "stages" / results["systems"][system]["stage"] / f"{split}.trec"))
     return {query: values[metric] for query, values in evaluate(run, qrels, [metric], per_query=True)["per_query"].items()}
 
@@ -55,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.results:
         path = Path(name)
         results = json.loads(path.read_text())
-        qrels = load_qrels(str(qrels_path(results, path, args.split)))
+        def qrels(results=results, path=path):
+            return load_qrels(str(qrels_path(results, path, args.split)))
         seeds.append(results["config"]["seed"])
         ours.append(per_query(results, path, args.system, args.split, metric, qrels))
         theirs.append(per_query(results, path, args.against, args.split, metric, qrels))

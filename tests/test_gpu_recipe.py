@@ -64,29 +64,23 @@ def test_stage_refuses_an_fp16_copy_that_moves_embeddings(gpu_recipe, tmp_path, 
         gpu_recipe.stage(tmp_path / "data", tmp_path / "model", skip_wheels=True)
 
 
-def test_collect_cuts_runs_to_top_k_and_relocates_the_collection(gpu_recipe, tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_recipe, "TOP_K_KEPT", 2)
+def test_collect_archives_each_seeds_results_reports_and_per_query_files(gpu_recipe, tmp_path):
+    import tarfile
+
     run = tmp_path / "runs"
-    stage = run / "stages" / "finetune-cls-abc"
-    stage.mkdir(parents=True)
-    lines = [f"q{q} Q0 d{d} {d + 1} {1.0 - d / 10:.2f} x\n" for q in (1, 2) for d in range(4)]
-    (stage / "test.trec").write_text("".join(lines))
-    (run / "stages" / "data-1").mkdir()
-    (run / "stages" / "data-1" / "dev_qrels.tsv").write_text("q3\t0\td1\t1\n")
-    results = {"collection": {"name": "scifact", "folder": "/device/data/scifact"},
-               "systems": {"ft-cls": {"stage": "finetune-cls-abc"}},
-               "timings": {"stages": [{"stage": "data", "folder": "data-1"}]}}
-    (run / "results-s42.json").write_text(json.dumps(results))
-    (run / "report-s42.md").write_text("# report\n")
+    (run / "stages" / "finetune-cls-abc").mkdir(parents=True)
+    (run / "stages" / "finetune-cls-abc" / "test.trec").write_text("q1 Q0 d1 1 1.0 x\n")
+    for seed in (42, 1):
+        (run / f"results-s{seed}.json").write_text(json.dumps({"config": {"seed": seed}}))
+        (run / f"report-s{seed}.md").write_text(f"# seed {seed}\n")
+        (run / f"per_query-s{seed}.json").write_text("{}")
     (run / "results.json").write_text("{}")  # the latest seed's copy: not collected twice
+    (run / "metrics.png").write_bytes(b"png")
 
     gpu_recipe.collect(run, tmp_path / "out")
-    target = tmp_path / "out" / "runs-gpu"
-    kept = (target / "stages" / "finetune-cls-abc" / "test.trec").read_text().splitlines(keepends=True)
-    assert kept == lines[0:2] + lines[4:6]
-    moved = json.loads((target / "results-s42.json").read_text())
-    assert moved["collection"] == {"name": "scifact", "folder": "../shared/data/scifact",
-                                   "device_folder": "/device/data/scifact"}
-    assert (target / "stages" / "data-1" / "dev_qrels.tsv").is_file()
-    assert (target / "report-s42.md").read_text() == "# report\n"
-    assert sorted(p.name for p in target.iterdir()) == ["report-s42.md", "results-s42.json", "stages"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["runs-gpu.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "runs-gpu.tar.gz") as archive:
+        assert sorted(archive.getnames()) == [f"runs-gpu/{name}" for name in sorted(
+            ["metrics.png", "per_query-s1.json", "per_query-s42.json", "report-s1.md", "report-s42.md",
+             "results-s1.json", "results-s42.json"])]
+        assert archive.extractfile("runs-gpu/report-s1.md").read() == b"# seed 1\n"

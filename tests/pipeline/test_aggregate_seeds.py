@@ -121,3 +121,28 @@ def test_seed_pooled_test_averages_each_query_over_seeds_before_testing(tmp_path
     expected = paired_test(a, b)
     assert f"{sum(a) / 2:.4f} vs {sum(b) / 2:.4f}" in last
     assert f"difference {expected.mean_difference:+.4f}" in last and f"p = {expected.p_value:.3f}" in last
+
+
+def test_seed_pooled_test_reads_the_per_query_file_beside_the_results(tmp_path, capsys):
+    """results-sN.json with per_query-sN.json beside it (scripts/gpu_recipe.py collects no runs): the
+    per-query values come from that file, with no stage folder and no qrels on this machine."""
+    from dupmae.evaluation.significance import paired_test
+
+    module = _load("seed_pooled_test")
+    values = {7: {"A": {"q1": 1.0, "q2": 0.2}, "B": {"q1": 0.5, "q2": 0.4}},
+              8: {"A": {"q1": 0.6, "q2": 0.0}, "B": {"q1": 0.5, "q2": 0.2}}}
+    paths = []
+    for seed, systems in values.items():
+        results = {"config": {"seed": seed, "test_split": "test"}, "collection": {"folder": "/elsewhere/beir"},
+                   "systems": {s: {"stage": f"{s}-stage"} for s in systems}, "timings": {"stages": []}}
+        (tmp_path / f"results-s{seed}.json").write_text(json.dumps(results))
+        per_query = {s: {"test": {q: {"ndcg@10": v, "mrr@10": 0.0} for q, v in by_query.items()}}
+                     for s, by_query in systems.items()}
+        (tmp_path / f"per_query-s{seed}.json").write_text(json.dumps(per_query))
+        paths.append(str(tmp_path / f"results-s{seed}.json"))
+    assert module.main([*paths, "--system", "A", "--against", "B"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "seed 7: A 0.6000  B 0.4500  difference +0.1500"
+    expected = paired_test([0.8, 0.1], [0.5, 0.3])  # per query, mean over the seeds
+    assert f"0.4500 vs 0.4000, difference {expected.mean_difference:+.4f}" in lines[-1]
+    assert f"p = {expected.p_value:.3f}" in lines[-1]
