@@ -439,6 +439,12 @@ def test_shipped_configs_are_valid():
     assert quick.collection == full.collection == "scifact" and quick.model == "minilm"
     assert set(full.representations) == {"cls", "dupmae"} and full.systems[:4] == quick.systems
     assert {"finetune-r2", "dupmae-r2", "rerank", "finetune-distill", "dupmae-distill"} <= set(full.systems)
+    # The quick preset divides cosine scores by its temperature: its sparse weight is the full config's
+    # (dot products at temperature 1) times that temperature, so the two terms keep the same balance.
+    dense_sparse = load_pipeline_config(configs / "scifact-quick.yaml", ["representations=[cls,dupmae]"])
+    assert dense_sparse.representation["dupmae"]["normalize_dense"] is True
+    assert dense_sparse.representation["dupmae"]["sparse_weight"] == pytest.approx(
+        full.representation["dupmae"]["sparse_weight"] * quick.finetune["temperature"])
 
 
 def test_transfer_evaluates_every_system_zero_shot_on_other_collections(setup):
