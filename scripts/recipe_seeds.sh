@@ -9,8 +9,9 @@
 #   python scripts/aggregate_seeds.py OUT/results-s*.json                      # mean ± std per system
 #   python scripts/seed_pooled_test.py OUT/results-s*.json --system ft-distill-cls --against ft-cls
 #
-# TEACHER: a cross-encoder folder from `dupmae train-reranker` (default: trained by the run, with the
-# quick preset's teacher settings and the first seed). The systems that do not depend on the seed run
+# TEACHER: a cross-encoder folder from `dupmae train-reranker` (default: trained by the first seed's run,
+# with the config's teacher settings, then given to the other seeds as `teacher.path`, so that every
+# seed distils from the same teacher). The systems that do not depend on the seed run
 # with the first seed only: zero-shot, and `rerank` (BM25's top RERANK_TOP_K, default 30, re-ordered by
 # the teacher). DISTILL_DEPTH (default 7): round-2 negatives per query the teacher scores for round 3.
 # TRANSFER=1 also evaluates the first seed's systems on the four transfer collections.
@@ -55,5 +56,11 @@ for seed in "$@"; do
   cp "$out/results.json" "$out/results-s$seed.json"
   cp "$out/report.md" "$out/report-s$seed.md"
   [ -f "$out/per_query.json" ] && cp "$out/per_query.json" "$out/per_query-s$seed.json"
+  if [ ${#teacher[@]} = 0 ]; then  # the first seed trained the teacher: the later seeds reuse it
+    trained=$("${PYTHON:-python3}" -c 'import json, sys
+stages = json.load(open(sys.argv[1]))["timings"]["stages"]
+print(next((item["folder"] for item in stages if item["stage"] == "teacher"), ""))' "$out/results.json")
+    [ -n "$trained" ] && teacher=(--set "teacher.path=$(realpath "$out/stages/$trained/model")")
+  fi
   first=0
 done
