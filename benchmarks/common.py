@@ -8,12 +8,25 @@ import json
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
 DATA_ROOT = Path(os.environ.get("DUPMAE_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+
+def download_wheels(wheels: dict[str, str], folder: Path) -> None:
+    """Download py3.12 x86-64 manylinux wheels (`{name: version}`, no dependencies) into `folder`:
+    what the lent GPU machine, which has no network, lacks (../shared/GPU.md)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, version in wheels.items():
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
+                        "-d", str(folder), f"{name}=={version}"], check=True)
 
 
 def precision_context(precision: str) -> contextlib.AbstractContextManager:

@@ -542,16 +542,11 @@ def measure_encode(report: Report, args, work: Path, device: torch.device) -> No
 
 def stage() -> None:
     """Here (with PyPI): what the GPU machine lacks, into .gpu/ (carry it: `run --carry .gpu`)."""
-    from common import minilm_path
+    from common import download_wheels, minilm_path
 
     from dupmae.data.prepare import prepare_corpus
 
-    (STAGE / "wheels").mkdir(parents=True, exist_ok=True)
-    for name, version in WHEELS.items():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-                        "-d", str(STAGE / "wheels"), f"{name}=={version}"], check=True)
+    download_wheels(WHEELS, STAGE / "wheels")
     tokenizer = STAGE / "tokenizer"
     tokenizer.mkdir(exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):

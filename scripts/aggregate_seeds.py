@@ -2,7 +2,8 @@
 
     python scripts/aggregate_seeds.py runs/scifact-quick-seed*/results.json [--split test]
 
-Prints a Markdown table: one row per system, `mean ± std (n seeds)` per metric (sample std, n-1).
+Prints a Markdown table: one row per system, `mean ± std` per metric over the seeds (sample std,
+n-1); a system found in one run only (seed-free: BM25, zero-shot, rerank) shows its value alone.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for metric in metrics:
             values = [run["systems"][system_id][args.split][metric] for run in runs if system_id in run["systems"]]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            cells.append(f"{statistics.mean(values):.4f} ± {spread:.4f}")
+            if len(values) > 1:
+                cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+            else:  # a seed-free system (BM25, zero-shot) or one seed: no spread to show
+                cells.append(f"{values[0]:.4f}")
         print(f"| {system['label']} | " + " | ".join(cells) + " |")
     return 0
 

@@ -66,12 +66,10 @@ def stage(data_root: Path, model_folder: Path, skip_wheels: bool = False) -> Non
 
 
 def download_wheels(folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, version in WHEELS.items():
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                        "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-                        "--platform", "manylinux_2_17_x86_64", "--platform", "manylinux2014_x86_64",
-                        "-d", str(folder), f"{name}=={version}"], check=True)
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # the helper the GPU benchmark's staging uses too
+    from common import download_wheels as download
+
+    download(WHEELS, folder)
 
 
 def embedding_drift(reference: Path, half: Path, corpus: Path, count: int = 64) -> float:
