@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -46,7 +45,10 @@ def stage(data_root: Path, model_folder: Path, skip_wheels: bool = False) -> Non
     if STAGE.exists():
         shutil.rmtree(STAGE)
     if not skip_wheels:
-        download_wheels(STAGE / "wheels")
+        sys.path.insert(0, str(ROOT / "benchmarks"))  # the helper the GPU benchmark's staging uses too
+        from common import download_wheels
+
+        download_wheels(WHEELS, STAGE / "wheels")
     weights = STAGE / "minilm-fp16"
     shutil.copytree(model_folder, weights, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "README.md"))
     tensors = load_file(str(model_folder / "model.safetensors"))
@@ -63,13 +65,6 @@ def stage(data_root: Path, model_folder: Path, skip_wheels: bool = False) -> Non
     print(f"staged {size:.1f} MiB in {STAGE}")
     if size > CARRY_LIMIT_MIB:
         raise SystemExit(f"{size:.1f} MiB staged: over the {CARRY_LIMIT_MIB} MiB the device tool can carry")
-
-
-def download_wheels(folder: Path) -> None:
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # the helper the GPU benchmark's staging uses too
-    from common import download_wheels as download
-
-    download(WHEELS, folder)
 
 
 def embedding_drift(reference: Path, half: Path, corpus: Path, count: int = 64) -> float:
