@@ -23,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics = runs[0]["metrics"]
     print(f"| system ({args.split}, {len(runs)} seeds) | " + " | ".join(metrics) + " |")
     print("|" + " --- |" * (len(metrics) + 1))
-    for system_id, system in runs[0]["systems"].items():
+    # Every system of every run, in first-seen order: a system missing from the first run (run for
+    # a later seed only) is still a row.
+    labels: dict[str, str] = {}
+    for run in runs:
+        for system_id, system in run["systems"].items():
+            labels.setdefault(system_id, system["label"])
+    for system_id, label in labels.items():
         cells = []
         for metric in metrics:
             values = [run["systems"][system_id][args.split][metric] for run in runs if system_id in run["systems"]]
@@ -31,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
                 cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
             else:  # a seed-free system (BM25, zero-shot) or one seed: no spread to show
                 cells.append(f"{values[0]:.4f}")
-        print(f"| {system['label']} | " + " | ".join(cells) + " |")
+        print(f"| {label} | " + " | ".join(cells) + " |")
     return 0
 
 

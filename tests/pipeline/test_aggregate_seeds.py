@@ -16,6 +16,8 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
                    "dupmae": {"label": "DupMAE", "test": {"ndcg@10": value}}}
         if seed == 0:  # a seed-free system, run with the first seed only (recipe_seeds.sh SEED_FREE)
             systems["rerank"] = {"label": "BM25 + rerank", "test": {"ndcg@10": 0.65}}
+        if seed > 0:  # a system the first run lacks (added for later seeds) is still a row
+            systems["late"] = {"label": "late", "test": {"ndcg@10": 0.4 + seed / 10}}
         path.write_text(json.dumps({"metrics": ["ndcg@10"], "systems": systems}))
         paths.append(str(path))
     assert module.main(paths) == 0
@@ -23,6 +25,8 @@ def test_mean_and_sample_std_over_seeds(tmp_path, capsys):
     assert lines[2] == "| BM25 | 0.6800 ± 0.0000 |"  # in every run: its spread over them, zero
     assert lines[3] == "| DupMAE | 0.6000 ± 0.1000 |"  # sample std of 0.5, 0.7, 0.6
     assert lines[4] == "| BM25 + rerank | 0.6500 |"  # one value: no spread to claim
+    assert lines[5] == "| late | 0.5500 ± 0.0707 |"  # 0.5 and 0.6, from the second and third runs
+    assert len(lines) == 6
 
 
 def _load(name):
