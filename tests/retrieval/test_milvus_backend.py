@@ -14,7 +14,7 @@ pytest.importorskip("milvus_lite", reason="embedded Milvus needs milvus-lite (pi
 
 from dupmae.cli import main as cli  # noqa: E402
 from dupmae.retrieval.backends.milvus import (EMPTY, MilvusBackend, canonical_pairs, check_uri,  # noqa: E402
-                                              join_signs, sign_split_matrix, split_signs)
+                                              NEGATIVE, join_signs, sign_split_dicts, sign_split_matrix)
 from dupmae.retrieval.approximate import concatenate  # noqa: E402
 from dupmae.retrieval.encode import index_parts, load_part, read_manifest  # noqa: E402
 from dupmae.retrieval.trec import read_run  # noqa: E402
@@ -24,10 +24,20 @@ from test_finetune import write_beir  # noqa: E402
 
 
 def test_sign_split_is_lossless_and_never_empty():
-    vector = split_signs(np.array([3, 7, 9]), np.array([0.5, -2.0, 0.0], dtype=np.float32))
-    assert all(v > 0 for v in vector.values())
+    vector, empty = sign_split_dicts(np.array([[3, 7, 9], [1, 2, 4]]),
+                                     np.array([[0.5, -2.0, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32))
+    assert vector == {3: 0.5, NEGATIVE + 7: 2.0}  # non-negative weights, the sign in the dimension
     assert join_signs(vector) == ([3, 7], [0.5, -2.0])
-    assert split_signs(np.array([1]), np.array([0.0])) == {EMPTY: 1.0} and join_signs({EMPTY: 1.0}) == ([], [])
+    assert empty == {EMPTY: 1.0} and join_signs(empty) == ([], [])
+
+
+def _split_signs_by_hand(indices, values) -> dict:
+    """The sign split of one row written out plainly (the module docstring), as the oracle."""
+    vector = {}
+    for term, value in zip(indices.tolist(), values.tolist()):
+        if value != 0:
+            vector[term if value > 0 else NEGATIVE + term] = abs(value)
+    return vector or {EMPTY: 1.0}
 
 
 def test_csr_rows_hold_what_the_dict_rows_hold():
@@ -37,9 +47,10 @@ def test_csr_rows_hold_what_the_dict_rows_hold():
     values[0], values[1, :4] = 0, 0  # a document without weights, one with two
     matrix = sign_split_matrix(indices, values)
     assert matrix.shape == (9, EMPTY + 1) and matrix.dtype == np.float32 and matrix.has_sorted_indices
+    dicts = sign_split_dicts(indices, values)
     for row in range(9):
         stored = dict(zip(matrix[row].indices.tolist(), matrix[row].data.tolist()))
-        assert stored == split_signs(indices[row], values[row])
+        assert stored == _split_signs_by_hand(indices[row], values[row]) == dicts[row]
         # what a fetch gives back (dimension order) is what canonical_pairs makes of the raw pairs
         terms, weights = join_signs(stored)
         kept, kept_values = canonical_pairs(indices[row : row + 1], values[row : row + 1])

@@ -89,29 +89,19 @@ def connect(uri: str):
         raise ValueError(f"cannot connect to Milvus at {uri!r}: {error}") from None
 
 
-def split_signs(indices: np.ndarray, values: np.ndarray) -> dict[int, float]:
-    """One sparse vector as a non-negative Milvus dict (module docstring)."""
-    vector = {}
-    for term, value in zip(indices.tolist(), values.tolist()):
-        if value > 0:
-            vector[term] = value
-        elif value < 0:
-            vector[NEGATIVE + term] = -value
-    return vector or {EMPTY: 1.0}
-
-
 def sign_split_matrix(indices: np.ndarray, values: np.ndarray):
     """Sign-split sparse vectors of `n` documents, top-k pairs `indices` / `values` `[n, k]`, as one
-    scipy CSR matrix `[n, EMPTY + 1]` float32 with sorted column indices: row `r` holds the entries of
-    `split_signs(indices[r], values[r])` (duplicate dimensions summed). A row of it (`matrix[r]`) is
-    what `add` hands pymilvus."""
+    scipy CSR matrix `[n, EMPTY + 1]` float32 with sorted column indices (module docstring): row `r`
+    holds `values[r]`'s positive weights at `indices[r]`, its negative ones negated at
+    `NEGATIVE + indices[r]` (duplicate dimensions summed), or 1 at `EMPTY` if none is non-zero. A row of
+    it (`matrix[r]`) is what `add` hands pymilvus; `sign_split_dicts` gives queries the same rows."""
     import scipy.sparse
 
     indices, values = np.asarray(indices, dtype=np.int64), np.asarray(values, dtype=np.float32)
     if indices.shape != values.shape or indices.ndim != 2:
         raise ValueError(f"sparse indices {indices.shape} and values {values.shape} must both be [n, k]")
     count = len(indices)
-    kept = (values > 0) | (values < 0)  # NaN and 0 dropped, as split_signs does
+    kept = (values > 0) | (values < 0)  # NaN and 0 dropped
     empty = np.flatnonzero(~kept.any(axis=1))
     rows = np.concatenate([np.nonzero(kept)[0], empty])
     columns = np.concatenate([np.where(values > 0, indices, NEGATIVE + indices)[kept],
@@ -120,6 +110,14 @@ def sign_split_matrix(indices: np.ndarray, values: np.ndarray):
     matrix = scipy.sparse.csr_matrix((weights, (rows, columns)), shape=(count, EMPTY + 1), dtype=np.float32)
     matrix.sum_duplicates()  # canonical: sorted indices, each dimension once
     return matrix
+
+
+def sign_split_dicts(indices: np.ndarray, values: np.ndarray) -> list[dict[int, float]]:
+    """The rows of `sign_split_matrix(indices, values)` as `{dimension: weight}` dicts, the form
+    pymilvus takes for search vectors."""
+    matrix = sign_split_matrix(indices, values)
+    return [dict(zip(matrix.indices[begin:end].tolist(), matrix.data[begin:end].tolist()))
+            for begin, end in zip(matrix.indptr[:-1], matrix.indptr[1:])]
 
 
 def canonical_pairs(indices: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,11 +337,7 @@ class MilvusBackend:
         terms = self.sparse_query_terms if 0 < self.sparse_query_terms < width else width
         keep = np.argpartition(-np.abs(sparse), terms - 1, axis=1)[:, :terms] if terms < width else \
             np.broadcast_to(np.arange(width), sparse.shape)
-        vectors = []
-        for row, columns in zip(sparse, keep):
-            vector = split_signs(columns, row[columns])
-            vectors.append({d: v for d, v in vector.items() if d != EMPTY} or {EMPTY: 1.0})
-        return vectors
+        return sign_split_dicts(keep, np.take_along_axis(sparse, keep, axis=1))
 
     def _candidates(self, positions: np.ndarray) -> DocumentBlock:
         """Vectors of documents `positions` `[m]` (keys), in that order, sparse pairs canonical: from the
