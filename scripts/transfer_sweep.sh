@@ -11,6 +11,8 @@
 #   cos05       cosine (normalize_dense) with temperature 0.05, how all-MiniLM-L6-v2 itself was trained
 #   cos05-lr2e5 cos05 at lr 2e-5
 #   NAME@A      the variant NAME's model interpolated with the start: A x fine-tuned + (1 - A) x start
+#   NAME=DIR    a retriever fine-tuned elsewhere from the same start (e.g. a `dupmae run` stage's model
+#               folder), evaluated as NAME; NAME=DIR@A interpolates it with the start as above
 set -euo pipefail
 out=${1:?usage: transfer_sweep.sh OUT VARIANT...}; shift
 data=${DUPMAE_DATA:-../shared/data}
@@ -55,20 +57,24 @@ flags_of() {
 }
 systems=(zero-shot="$out/zero-shot")
 for variant in "$@"; do
-  name=${variant%@*}
-  model="$out/models/$name-s$seed"
-  if [ ! -f "$model/dupmae_representation.json" ]; then
+  spec=${variant%@*} alpha=
+  [ "$variant" = "$spec" ] || alpha=${variant##*@}
+  if [[ $spec == *=* ]]; then  # NAME=DIR: a retriever fine-tuned elsewhere
+    name=${spec%%=*} model=${spec#*=}
+    [ -f "$model/dupmae_representation.json" ] || { echo "$model: not a dupmae retriever folder" >&2; exit 2; }
+  else
+    name=$spec model="$out/models/$spec-s$seed"
     # shellcheck disable=SC2046
-    dupmae finetune --model "$start" --output "$model" "${common[@]}" $(flags_of "$name")
+    [ -f "$model/dupmae_representation.json" ] || \
+      dupmae finetune --model "$start" --output "$model" "${common[@]}" $(flags_of "$name")
   fi
-  if [ "$variant" != "$name" ]; then
-    alpha=${variant#*@}
-    [ -f "$model-a$alpha/dupmae_representation.json" ] || \
-      dupmae interpolate --start "$start" --finetuned "$model" --alpha "$alpha" --output "$model-a$alpha"
-    model="$model-a$alpha"
+  if [ -n "$alpha" ]; then
+    interpolated="$out/models/$name-s$seed-a$alpha"
+    [ -f "$interpolated/dupmae_representation.json" ] || \
+      dupmae interpolate --start "$start" --finetuned "$model" --alpha "$alpha" --output "$interpolated"
+    model=$interpolated
   fi
   systems+=("$name${alpha:+-a$alpha}-s$seed=$model")
-  unset alpha
 done
 dupmae beir --systems "${systems[@]}" --bm25 --collections "$out/scifact-dev" "$data"/transfer/{medline,time,lisa,adi} \
   --output "$out/report"
