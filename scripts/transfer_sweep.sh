@@ -13,6 +13,7 @@
 #   NAME@A      the variant NAME's model interpolated with the start: A x fine-tuned + (1 - A) x start
 #   NAME=DIR    a retriever fine-tuned elsewhere from the same start (e.g. a `dupmae run` stage's model
 #               folder), evaluated as NAME; NAME=DIR@A interpolates it with the start as above
+# Environment: SEED (42), DUPMAE_DATA (../shared/data), ZERO_SHOT=0 to leave the zero-shot model out.
 set -euo pipefail
 out=${1:?usage: transfer_sweep.sh OUT VARIANT...}; shift
 data=${DUPMAE_DATA:-../shared/data}
@@ -38,7 +39,7 @@ fi
 [ -f "$out/negatives.jsonl" ] || dupmae mine --model bm25 --corpus "$data/scifact" --qrels "$data/scifact/qrels/train.tsv" \
   --depth 200 --output "$out/negatives.jsonl"
 # The zero-shot model at the fine-tuning lengths (as `dupmae run`'s quick preset wraps it).
-[ -f "$out/zero-shot/dupmae_representation.json" ] || python scripts/make_retriever.py "$start" "$out/zero-shot" \
+[ "${ZERO_SHOT:-1}" = 0 ] || [ -f "$out/zero-shot/dupmae_representation.json" ] || python scripts/make_retriever.py "$start" "$out/zero-shot" \
   --representation cls --dense-dim 0 --dense-pooling mean --normalize-dense true \
   --query-max-length 64 --passage-max-length 128
 
@@ -55,7 +56,8 @@ flags_of() {
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }
-systems=(zero-shot="$out/zero-shot")
+systems=()  # ZERO_SHOT=0 leaves the zero-shot model out (e.g. when a `dupmae run` report already has it)
+[ "${ZERO_SHOT:-1}" = 0 ] || systems+=(zero-shot="$out/zero-shot")
 for variant in "$@"; do
   spec=${variant%@*} alpha=
   [ "$variant" = "$spec" ] || alpha=${variant##*@}
