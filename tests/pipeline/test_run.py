@@ -439,12 +439,13 @@ def test_shipped_configs_are_valid():
     assert quick.collection == full.collection == "scifact" and quick.model == "minilm"
     assert set(full.representations) == {"cls", "dupmae"} and full.systems[:4] == quick.systems
     assert {"finetune-r2", "dupmae-r2", "rerank", "finetune-distill", "dupmae-distill"} <= set(full.systems)
-    # The quick preset divides cosine scores by its temperature: its sparse weight is the full config's
-    # (dot products at temperature 1) times that temperature, so the two terms keep the same balance.
+    # Both divide cosine scores by a temperature; the sparse weight over that temperature is what balances
+    # the sparse term against the dense one, so it is the same in both (0.02, set for temperature 1).
     dense_sparse = load_pipeline_config(configs / "scifact-quick.yaml", ["representations=[cls,dupmae]"])
-    assert dense_sparse.representation["dupmae"]["normalize_dense"] is True
-    assert dense_sparse.representation["dupmae"]["sparse_weight"] == pytest.approx(
-        full.representation["dupmae"]["sparse_weight"] * quick.finetune["temperature"])
+    for config in (dense_sparse, full):
+        assert config.representation["dupmae"]["normalize_dense"] is config.representation["cls"]["normalize_dense"] is True
+        assert config.representation["dupmae"]["sparse_weight"] / config.finetune["temperature"] == pytest.approx(0.02)
+    assert full.transfer == quick.transfer != []
 
 
 def test_transfer_evaluates_every_system_zero_shot_on_other_collections(setup):
