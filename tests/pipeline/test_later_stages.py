@@ -7,11 +7,14 @@ import io
 import json
 
 import pytest
+import torch
 import yaml
 
+from dupmae.modeling.representation import DupMAEEncoder
 from dupmae.pipeline.config import ConfigError, load_pipeline_config
 from dupmae.pipeline.run import prepare_environment, run_pipeline, stage_key
 from dupmae.pipeline.stages import plan
+from dupmae.training.interpolate import interpolate
 from test_finetune import tiny_encoder_dir
 from test_run import tiny_settings, write_collection
 
@@ -102,6 +105,10 @@ def test_a_rerun_is_cached_and_settings_reach_only_their_stages(later):
     assert changed("distill.depth=2") == ["teacher-scores-mine-r2-finetune-cls", "finetune-distill-cls",
                                           "eval-finetune-distill-cls", "hybrid-ft-distill-cls"]
     assert changed("rerank.top_k=4") == ["rerank"]
+    # WiSE-FT of the distilled model alone: round 1 (the miner) and round 2 keep their caches
+    assert changed("distill.interpolate_with_start=0.5") == ["finetune-distill-cls", "eval-finetune-distill-cls",
+                                                             "hybrid-ft-distill-cls"]
+    assert changed("distill.interpolate_with_start=null") == []
     assert "teacher" in changed("teacher.learning_rate=3e-5") and "finetune-r2-cls" not in changed("teacher.learning_rate=3e-5")
     # distilling on BM25's negatives: one scoring stage of `mine`, no round-2 mining needed
     bm25 = stages_of(later, "distill.negatives=bm25", "systems=[bm25,finetune,finetune-distill]")
@@ -119,3 +126,26 @@ def test_later_systems_need_their_stage_one(later):
             load_pipeline_config(later["config"], [f"systems={systems}"])
     with pytest.raises(ConfigError, match="not among"):
         load_pipeline_config(later["config"], ["distill.negatives=random"])
+    with pytest.raises(ConfigError, match="distill.interpolate_with_start must be in"):
+        load_pipeline_config(later["config"], ["distill.interpolate_with_start=1.5"])
+
+
+def test_distill_interpolation_mixes_the_distilled_model_with_the_start(later):
+    """`distill.interpolate_with_start: 0.5` retrains the distilled stage alone, and its model is the
+    plain distilled model's weights averaged with the start (the `dupmae interpolate` function)."""
+    stages = later["output"] / "stages"
+    plain = next(stages.glob("finetune-distill-cls-*")) / "model"
+    results = run_pipeline(load_pipeline_config(later["config"], ["distill.interpolate_with_start=0.5"]),
+                           later["output"], later["root"] / "data", stream=io.StringIO())
+    assert results["timings"]["stages_run"] == ["finetune-distill-cls", "eval-finetune-distill-cls",
+                                                "hybrid-ft-distill-cls"]
+    mixed = next(folder for folder in stages.glob("finetune-distill-cls-*") if folder / "model" != plain) / "model"
+    assert yaml.safe_load((mixed.parent / "finetune.yaml").read_text())["interpolate_with_start"] == 0.5
+    assert "interpolate_with_start" not in yaml.safe_load((plain.parent / "finetune.yaml").read_text())
+    expected = interpolate(later["root"] / "model", plain, 0.5).state_dict()
+    weights = DupMAEEncoder.from_pretrained(mixed).state_dict()
+    assert weights.keys() == expected.keys()
+    for name, value in weights.items():
+        assert torch.allclose(value, expected[name], atol=1e-6), name
+    trained = DupMAEEncoder.from_pretrained(plain).state_dict()
+    assert any(not torch.allclose(value, trained[name], atol=1e-6) for name, value in weights.items())

@@ -199,10 +199,16 @@ class DistillSettings:
     negatives: str = _setting("round2", "round2: the stage-2 negatives (mined by the stage-1 model; the paper's "
                                         "stage 3 on top of stage 2) | bm25: the first round's.",
                               choices=["round2", "bm25"])
+    interpolate_with_start: float | None = _setting(
+        None, "WiSE-FT of the distilled model alone: A x distilled + (1 - A) x start (`dupmae finetune "
+              "--interpolate-with-start`); null: the finetune section's value. Unlike that one, it leaves the "
+              "round-1 model that mines round 2's negatives as trained.")
 
     def __post_init__(self) -> None:
         if self.weight < 0 or self.temperature <= 0 or self.depth < 1:
             raise ConfigError("distill.weight must be >= 0, distill.temperature > 0 and distill.depth >= 1")
+        if self.interpolate_with_start is not None and not 0 <= self.interpolate_with_start <= 1:
+            raise ConfigError("distill.interpolate_with_start must be in [0, 1] (or null for the finetune section's)")
 
 
 @dataclass

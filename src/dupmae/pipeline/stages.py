@@ -168,9 +168,10 @@ def plan(env: Environment) -> Plan:
                               ("teacher", negatives), partial(refinement.run_teacher_scores, negatives_stage=negatives)))
                 round2 = config.distill.negatives == "round2"
                 title = ", round 2 + distilled" if round2 else ", distilled"
-                finetune(f"{prefix}-distill-{name}", title,
-                         {"round": 2 if round2 else 1, "distill": {"weight": config.distill.weight,
-                                                                   "temperature": config.distill.temperature}},
+                distill = {"weight": config.distill.weight, "temperature": config.distill.temperature}
+                if config.distill.interpolate_with_start is not None:  # hashed only when set: caches stay valid
+                    distill["interpolate_with_start"] = config.distill.interpolate_with_start
+                finetune(f"{prefix}-distill-{name}", title, {"round": 2 if round2 else 1, "distill": distill},
                          negatives, scores)
                 previous = f"{short}-r2-{name}" if round2 and f"{family}-r2" in systems else f"{short}-{name}"
                 system("-distill", title, previous)
@@ -314,6 +315,8 @@ def run_finetune(context: Context, representation: str, negatives_stage: str = "
     if scores_stage:
         settings.update(teacher_scores=str(context.inputs[scores_stage].path("scores")),
                         distill_weight=config.distill.weight, distill_temperature=config.distill.temperature)
+        if config.distill.interpolate_with_start is not None:
+            settings["interpolate_with_start"] = config.distill.interpolate_with_start
     settings_file = write_yaml(context.folder / "finetune.yaml", settings)
     argv = ["--config", str(settings_file), "--model", str(start), "--data", str(env.collection.folder),
             "--negatives", str(context.inputs[negatives_stage].path("negatives")), "--output", str(output)]
