@@ -12,6 +12,7 @@ from transformers import AutoTokenizer
 
 from dupmae.cli import main as cli
 from dupmae.modeling.representation import DupMAEEncoder, RepresentationConfig
+from dupmae.pipeline.beir import BeirCollection, Settings, evaluate_collections
 from dupmae.retrieval.encode import index_document_ids, index_parts
 from dupmae.retrieval.trec import read_run
 from test_finetune import tiny_encoder_dir, write_beir
@@ -179,6 +180,15 @@ def test_bad_input_is_a_clear_error(tmp_path, setup, capsys, arguments, message)
     arguments = [argument.format(**paths) for argument in arguments]
     assert cli(["beir", *arguments, "--output", str(tmp_path / "out")]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("folders", [{"a": "same", "b": "same"}, {"a": "BM25"}, {"a": "../escape"}, {"a": "x+BM25"}])
+def test_work_folders_must_be_unique_plain_names(tmp_path, setup, folders):
+    collection = BeirCollection("words", Path(setup["collections"][0]), "test")
+    systems = {"a": setup["retriever"], "b": setup["retriever"]}
+    with pytest.raises(ValueError, match="work folders must be unique names"):
+        evaluate_collections(systems, [collection], tmp_path / "out", Settings(), bm25=True, folders=folders)
+    assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_a_malformed_line_is_an_error_naming_file_and_line(tmp_path, setup, capsys):

@@ -461,7 +461,9 @@ def test_transfer_evaluates_every_system_zero_shot_on_other_collections(setup):
         chosen = results["systems"][f"{system_id}+bm25"]["fusion"]["weight"]
         assert details["systems"][f"{system_id} + BM25"]["runs"]["other"]["weight"] == chosen
     # Its numbers are `dupmae evaluate`'s on its runs.
-    run = setup["output"] / "transfer" / "collections" / "other" / "ft-cls" / "run.trec"
+    work = setup["output"] / "transfer" / "collections" / "other"
+    ft_stage = next(item["folder"] for item in results["timings"]["stages"] if item["stage"] == "finetune-cls")
+    run = work / f"ft-cls.{ft_stage.rsplit('-', 1)[-1]}" / "run.trec"
     summary = setup["root"] / "ft-transfer.json"
     assert cli(["evaluate", "--run", str(run), "--qrels", str(other / "qrels" / "test.tsv"), "--output", str(summary),
                 "--metrics", "ndcg@10,mrr@10,recall@100"]) == 0
@@ -475,6 +477,12 @@ def test_transfer_evaluates_every_system_zero_shot_on_other_collections(setup):
     # A second run re-evaluates nothing.
     _, progress = rerun(setup, f"transfer=[{other}]")
     assert "other: ft-cls ... cached" in progress and "other: BM25 ... cached" in progress
+    # Another seed in the same output adds its own work beside it: going back finds the first seed's cached.
+    _, progress = rerun(setup, f"transfer=[{other}]", "systems=[bm25,finetune]", "seed=7")
+    assert "other: ft-cls ... done" in progress and "other: BM25 ... cached" in progress
+    assert len([folder for folder in work.glob("ft-cls.*") if "+" not in folder.name]) == 2 and run.is_file()
+    _, progress = rerun(setup, f"transfer=[{other}]", "systems=[bm25,finetune]")
+    assert "other: ft-cls ... cached" in progress
 
 
 def test_a_missing_transfer_collection_fails_before_any_stage(setup, tmp_path):

@@ -272,7 +272,8 @@ def collection_names(folders: list[Path]) -> list[str]:
 
 def evaluate_collections(systems: dict[str, str], collections: list[BeirCollection], output: Path,
                          settings: Settings, bm25: bool = False, progress=None,
-                         hybrid_weights: dict[str, float] | None = None, labels: dict[str, str] | None = None) -> dict:
+                         hybrid_weights: dict[str, float] | None = None, labels: dict[str, str] | None = None,
+                         folders: dict[str, str] | None = None) -> dict:
     """Run every system (and BM25, and hybrids) on every collection, cached; write the report.
 
     Args:
@@ -283,6 +284,9 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         hybrid_weights: ``{name: weight}``: ``NAME + BM25`` for these systems only, each with its own weight
             (`dupmae run` passes the weights it chose on its dev split); overrides `settings.hybrid_weight`.
         labels: ``{name: label}`` shown in the report instead of the model folders.
+        folders: ``{name: folder name}`` of each system's work under ``collections/<collection>/`` (default: the
+            system's name). The cache holds one model's work per folder; `dupmae run` names them by the stage
+            that made the model, so two seeds' runs in one output folder keep both caches.
 
     Returns:
         The results dictionary also written to ``results.json``.
@@ -303,6 +307,11 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         raise ValueError(f"collection names must be unique: {names}")
     for metric in settings.metrics:
         parse_metric(metric)
+    folders = {name: (folders or {}).get(name, name) for name in systems}
+    if len(set(folders.values())) != len(folders) or BM25_NAME in folders.values() or any(
+            not _NAME.match(folder) or "+" in folder for folder in folders.values()):
+        raise ValueError(f"system work folders must be unique names of letters, digits, '.', '_' or '-' "
+                         f"(and not {BM25_NAME!r}): {folders}")
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     models = {name: retriever_folder(name, model, output / "models") for name, model in systems.items()}
@@ -325,12 +334,12 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
         if bm25:
             record(BM25_NAME, work / BM25_NAME, lambda: bm25_run(collection, loaded, work / BM25_NAME, settings))
         for name, (model, _) in models.items():
-            record(name, work / name, lambda: neural_run(model, fingerprints[name], collection, loaded, work / name,
-                                                         settings))
+            neural = work / folders[name]
+            record(name, neural, lambda: neural_run(model, fingerprints[name], collection, loaded, neural, settings))
             if name in hybrid_weights:
-                folder = work / f"{name}+{BM25_NAME}"
-                record(f"{name} + {BM25_NAME}", folder,
-                       lambda: hybrid_run(work / name, work / BM25_NAME, folder, hybrid_weights[name], settings.top_k))
+                fused = work / f"{folders[name]}+{BM25_NAME}"
+                record(f"{name} + {BM25_NAME}", fused,
+                       lambda: hybrid_run(neural, work / BM25_NAME, fused, hybrid_weights[name], settings.top_k))
     shown = {BM25_NAME: "BM25"} | {name: f"{name} ({how}: {folder})" for name, (folder, how) in models.items()}
     shown |= {f"{name} + {BM25_NAME}": f"{name} fused with BM25 (weight {weight})" for name, weight in hybrid_weights.items()}
     return write_report(output, collections, info, records, shown | (labels or {}), settings,

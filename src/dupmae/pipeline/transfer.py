@@ -4,7 +4,9 @@ Fine-tuning on one collection's labels can make a retriever worse everywhere els
 preset's fine-tuned all-MiniLM-L6-v2 lost 0.04 mean NDCG@10 on the four transfer collections). The
 report says so next to the in-domain numbers. The work is `dupmae beir`'s (`evaluate_collections`), in
 ``OUTPUT/transfer/`` with its own report, cached per (system, collection) by model and collection
-fingerprints: a rerun of the pipeline re-evaluates nothing that did not change.
+fingerprints: a rerun of the pipeline re-evaluates nothing that did not change. Each system's work folder
+is named by the stage that made its model (``collections/<collection>/ft-cls.<stage hash>``), so runs of
+other settings in the same output (``--set seed=1``) add their own instead of replacing it.
 
 Each `+ BM25` hybrid keeps the weight the run chose on its own dev split (there is none on a transfer
 collection). BM25 + rerank is left out: it would run the cross-encoder on every transfer collection.
@@ -12,6 +14,7 @@ collection). BM25 + rerank is left out: it would run the cross-encoder on every 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from dupmae.pipeline.beir import BM25_NAME, BeirCollection, Settings, collection_names, evaluate_collections
@@ -49,13 +52,26 @@ def _model_stage(the_plan, eval_stage: str) -> str | None:
     return None
 
 
-def transfer_systems(the_plan, finished) -> tuple[dict[str, str], dict[str, float], dict[str, str], bool]:
-    """(models, hybrid weights, labels, BM25 wanted) of the run's systems, by system id."""
-    models, weights, labels, bm25 = {}, {}, {}, False
+@dataclass
+class TransferSystems:
+    """The run's systems as `evaluate_collections` takes them, by system id."""
+
+    models: dict[str, str] = field(default_factory=dict)  # id -> the model folder of the stage that made it
+    folders: dict[str, str] = field(default_factory=dict)  # id -> 'ID.STAGEHASH': work folders per model, so
+    # runs of other settings (another seed) in the same output keep their cache instead of replacing it
+    weights: dict[str, float] = field(default_factory=dict)  # id -> the hybrid weight chosen on dev
+    labels: dict[str, str] = field(default_factory=dict)  # id (or 'ID + BM25') -> the report's label
+    bm25: bool = False
+
+
+def transfer_systems(the_plan, finished) -> TransferSystems:
+    """The run's retrievers, their hybrids' weights and labels, and whether BM25 is among the systems."""
+    found = TransferSystems()
+    models, weights, labels = found.models, found.weights, found.labels
     evaluated_by = {system.eval_stage: system for system in the_plan.systems}
     for system in the_plan.systems:
         if system.id == "bm25":
-            bm25, labels[BM25_NAME] = True, system.label
+            found.bm25, labels[BM25_NAME] = True, system.label
             continue
         if system.eval_stage.startswith("hybrid-"):
             continue
@@ -63,6 +79,7 @@ def transfer_systems(the_plan, finished) -> tuple[dict[str, str], dict[str, floa
         if model_stage is None or "model" not in finished[model_stage].outputs:
             continue  # not a retriever of its own (BM25 + rerank)
         models[system.id] = str(finished[model_stage].path("model"))
+        found.folders[system.id] = f"{system.id}.{finished[model_stage].folder.name.rsplit('-', 1)[-1]}"  # NAME-HASH
         labels[system.id] = system.label
     for system in the_plan.systems:
         stage = finished.get(system.eval_stage)
@@ -72,7 +89,7 @@ def transfer_systems(the_plan, finished) -> tuple[dict[str, str], dict[str, floa
             if neural is not None:
                 weights[neural.id] = float(stage.outputs["weight"])
                 labels[f"{neural.id} + {BM25_NAME}"] = f"{system.label} (weight {stage.outputs['weight']}, chosen on dev)"
-    return models, weights, labels, bm25
+    return found
 
 
 def _deps(the_plan, name: str) -> tuple[str, ...]:
@@ -84,12 +101,13 @@ def run_transfer(env, the_plan, finished, output: Path, root: Path, stream) -> d
     config = env.config
     if not config.transfer:
         return None
-    models, weights, labels, bm25 = transfer_systems(the_plan, finished)
+    systems = transfer_systems(the_plan, finished)
     settings = Settings(top_k=config.top_k, batch_size=config.encode.batch_size, bf16=str(config.encode.bf16),
                         part_size=config.encode.part_size, bm25_k1=config.bm25.k1, bm25_b=config.bm25.b,
                         metrics=tuple(config.metrics))
-    return evaluate_collections(models, transfer_collections(config, root), output / "transfer", settings, bm25=bm25,
-                                progress=stream, hybrid_weights=weights if bm25 else {}, labels=labels)
+    return evaluate_collections(systems.models, transfer_collections(config, root), output / "transfer", settings,
+                                bm25=systems.bm25, progress=stream, hybrid_weights=systems.weights if systems.bm25 else {},
+                                labels=systems.labels, folders=systems.folders)
 
 
 def pipeline_id(name: str) -> str:
