@@ -230,12 +230,17 @@ def hybrid_run(neural_folder: Path, bm25_folder: Path, folder: Path, weight: flo
 # -- systems -------------------------------------------------------------------------------------------
 
 
+def _plain_name(name: str) -> bool:
+    """A system's name (or work folder): a path component of its own, never BM25's, never a hybrid's ('+')."""
+    return bool(_NAME.match(name)) and name != BM25_NAME and "+" not in name
+
+
 def parse_system(text: str) -> tuple[str, str]:
     """``NAME=MODEL`` -> (name, model); the name labels the system and names its folders."""
     name, separator, model = text.partition("=")
     if not separator or not model:
         raise ValueError(f"--systems {text!r}: expected NAME=MODEL_DIR (e.g. finetuned=runs/ft/model)")
-    if not _NAME.match(name) or name == BM25_NAME or "+" in name:
+    if not _plain_name(name):
         raise ValueError(f"--systems {text!r}: a name is letters, digits, '.', '_' or '-' (and not {BM25_NAME!r})")
     return name, model
 
@@ -308,8 +313,7 @@ def evaluate_collections(systems: dict[str, str], collections: list[BeirCollecti
     for metric in settings.metrics:
         parse_metric(metric)
     folders = {name: (folders or {}).get(name, name) for name in systems}
-    if len(set(folders.values())) != len(folders) or BM25_NAME in folders.values() or any(
-            not _NAME.match(folder) or "+" in folder for folder in folders.values()):
+    if len(set(folders.values())) != len(folders) or not all(map(_plain_name, folders.values())):
         raise ValueError(f"system work folders must be unique names of letters, digits, '.', '_' or '-' "
                          f"(and not {BM25_NAME!r}): {folders}")
     output.mkdir(parents=True, exist_ok=True)

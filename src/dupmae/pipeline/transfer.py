@@ -67,28 +67,27 @@ class TransferSystems:
 def transfer_systems(the_plan, finished) -> TransferSystems:
     """The run's retrievers, their hybrids' weights and labels, and whether BM25 is among the systems."""
     found = TransferSystems()
-    models, weights, labels = found.models, found.weights, found.labels
     evaluated_by = {system.eval_stage: system for system in the_plan.systems}
     for system in the_plan.systems:
         if system.id == "bm25":
-            found.bm25, labels[BM25_NAME] = True, system.label
+            found.bm25, found.labels[BM25_NAME] = True, system.label
             continue
         if system.eval_stage.startswith("hybrid-"):
             continue
         model_stage = _model_stage(the_plan, system.eval_stage)
         if model_stage is None or "model" not in finished[model_stage].outputs:
             continue  # not a retriever of its own (BM25 + rerank)
-        models[system.id] = str(finished[model_stage].path("model"))
-        found.folders[system.id] = f"{system.id}.{finished[model_stage].folder.name.rsplit('-', 1)[-1]}"  # NAME-HASH
-        labels[system.id] = system.label
+        found.models[system.id] = str(finished[model_stage].path("model"))
+        found.folders[system.id] = f"{system.id}.{finished[model_stage].key[:12]}"  # as in stages/NAME-HASH
+        found.labels[system.id] = system.label
     for system in the_plan.systems:
         stage = finished.get(system.eval_stage)
         if system.eval_stage.startswith("hybrid-") and stage is not None and "weight" in stage.outputs:
             neural = next((evaluated_by[d] for d in _deps(the_plan, system.eval_stage) if d in evaluated_by
-                           and evaluated_by[d].id in models), None)
+                           and evaluated_by[d].id in found.models), None)
             if neural is not None:
-                weights[neural.id] = float(stage.outputs["weight"])
-                labels[f"{neural.id} + {BM25_NAME}"] = f"{system.label} (weight {stage.outputs['weight']}, chosen on dev)"
+                found.weights[neural.id] = float(stage.outputs["weight"])
+                found.labels[f"{neural.id} + {BM25_NAME}"] = f"{system.label} (weight {stage.outputs['weight']}, chosen on dev)"
     return found
 
 
